@@ -1,0 +1,1 @@
+"""Keel's software-defined assets, one module per stage."""

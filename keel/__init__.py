@@ -1,0 +1,1 @@
+"""Keel: a production ML pipeline built as a Dagster asset graph."""

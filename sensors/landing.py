@@ -1,0 +1,125 @@
+"""The landing-zone sensor: every new or rewritten file is ingested exactly once.
+
+The cursor records the version (size and modification time) of every file it has handed to
+a run, and the days it has reported missing. New and changed days are requested in
+contiguous ranges, each a single run; a day that is missing while later days have landed is
+requested once so that its ``landed_on_time`` gate fails where people look, and requested
+again when its file finally arrives.
+"""
+
+
+import datetime as dt
+import hashlib
+import json
+
+import dagster as dg
+
+from assets.ingestion import raw_key
+from assets.partitions import USECASE
+from assets.validation import quarantine_key, validated_key
+from keel.landing import scan
+from resources.keel_state import KeelState
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def _keys(tables) -> list[dg.AssetKey]:
+    return [k for t in tables for k in (raw_key(t.name), validated_key(t.name), quarantine_key(t.name))]
+
+
+ingest_daily_job = dg.define_asset_job(
+    "ingest_daily",
+    selection=dg.AssetSelection.assets(*_keys(USECASE.partitioned_tables)),
+    description="Load, validate and gate one or more days of every daily table.",
+)
+ingest_snapshots_job = dg.define_asset_job(
+    "ingest_snapshots",
+    selection=dg.AssetSelection.assets(*_keys(USECASE.snapshot_tables)),
+    description="Load, validate and gate the reference (snapshot) tables.",
+)
+
+
+def contiguous_ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(set(days)):
+        if ranges and day - ranges[-1][1] == dt.timedelta(days=1):
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+def plan_runs(
+    files: dict[str, tuple[str, dt.date | None]],
+    cursor: dict,
+    calendar_start: dt.date,
+) -> tuple[list[tuple[dt.date, dt.date]], bool, dict]:
+    """Decide which day ranges and whether the snapshots need a run; return the new cursor.
+
+    ``files`` maps each landed file's relative path to (version, day or None for snapshots).
+    """
+    seen: dict[str, str] = cursor.get("files", {})
+    reported_missing: set[str] = set(cursor.get("missing", []))
+    changed = {path for path, (version, _) in files.items() if seen.get(path) != version}
+    days = {files[p][1] for p in changed if files[p][1] is not None}
+    snapshots_changed = any(files[p][1] is None for p in changed)
+
+    landed_days = {day for _, day in files.values() if day is not None}
+    missing_now: set[str] = set()
+    if landed_days:
+        day = calendar_start
+        while day < max(landed_days):
+            if day not in landed_days:
+                missing_now.add(day.isoformat())
+            day += dt.timedelta(days=1)
+    days |= {dt.date.fromisoformat(d) for d in missing_now - reported_missing}
+
+    new_cursor = {
+        "files": {path: version for path, (version, _) in files.items()},
+        "missing": sorted(missing_now),
+    }
+    return contiguous_ranges(list(days)), snapshots_changed, new_cursor
+
+
+@dg.sensor(
+    jobs=[ingest_daily_job, ingest_snapshots_job],
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests ingestion runs for landing files that arrived or changed, and for missing days.",
+)
+def landing_zone_sensor(context: dg.SensorEvaluationContext, keel: KeelState) -> dg.SensorResult:
+    usecase = keel.usecase
+    landing = keel.paths.landing
+    # A day counts as landed when any of its daily tables landed; each table's own
+    # landed_on_time gate then reports which of its files is missing.
+    files = {
+        f.relative_to(landing): (f.version, f.partition)
+        for f in scan(landing, list(usecase.tables))
+    }
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    ranges, snapshots_changed, new_cursor = plan_runs(files, cursor, usecase.start)
+    requests = []
+    if snapshots_changed:
+        versions = sorted(v for v, day in files.values() if day is None)
+        requests.append(
+            dg.RunRequest(
+                job_name=ingest_snapshots_job.name,
+                run_key="snapshots:" + hashlib.sha256("|".join(versions).encode()).hexdigest()[:16],
+            )
+        )
+    for first, last in ranges:
+        versions = sorted(
+            f"{path}={version}" for path, (version, day) in files.items()
+            if day is not None and first <= day <= last
+        )
+        digest = hashlib.sha256("|".join(versions).encode()).hexdigest()[:16]
+        requests.append(
+            dg.RunRequest(
+                job_name=ingest_daily_job.name,
+                run_key=f"days:{first}:{last}:{digest}",
+                tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+            )
+        )
+    if requests:
+        context.log.info(f"requesting {len(requests)} run(s): {[r.run_key for r in requests]}")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor))

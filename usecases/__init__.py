@@ -1,0 +1,1 @@
+"""Deployments of Keel: each module holds one use case's whole configuration."""

