@@ -13,6 +13,7 @@ USECASE = load_usecase()
 daily_partitions = dg.DailyPartitionsDefinition(
     start_date=USECASE.start.isoformat(),
     end_date=(USECASE.end + dt.timedelta(days=1)).isoformat(),
+    timezone=USECASE.timezone,
 )
 
 

@@ -36,6 +36,7 @@ class ParsedFile:
     sha256: str | None = None
     size: int = 0
     landed_at: dt.datetime | None = None
+    version: str | None = None  # size:mtime_ns, as the landing sensor sees the file
     columns: list[str] = field(default_factory=list)
     rows: pa.Table | None = None
     unparsed: list[tuple[int, str, str]] = field(default_factory=list)
@@ -63,10 +64,14 @@ def parse_file(spec: TableSpec, landing: Path, partition: dt.date | None) -> Par
     parsed = ParsedFile(spec.name, partition, source_file, present=path.exists())
     if not parsed.present:
         return parsed
+    # Stat before reading: if the file is replaced meanwhile, the recorded version is the
+    # older one and the landing sensor requests the newer file again.
+    stat = path.stat()
     content = path.read_bytes()
     parsed.sha256 = hashlib.sha256(content).hexdigest()
     parsed.size = len(content)
-    parsed.landed_at = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).replace(tzinfo=None)
+    parsed.landed_at = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)
+    parsed.version = f"{stat.st_size}:{stat.st_mtime_ns}"
     if not content:
         parsed.read_error = "the file is empty: not even a header line arrived"
         return parsed
@@ -165,7 +170,8 @@ def load_partitions(
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     audit = [
         (spec.name, f.partition, f.source_file, f.present, f.sha256, f.size,
-         json.dumps(f.columns), f.rows_parsed, len(f.unparsed), f.read_error, f.landed_at, now)
+         json.dumps(f.columns), f.rows_parsed, len(f.unparsed), f.read_error, f.landed_at, now,
+         f.version)
         for f in files
     ]
     for f in files:
@@ -200,7 +206,7 @@ def load_partitions(
             con.unregister("landed_rows")
         if unparsed:
             con.executemany("insert into raw._unparsed values (?, ?, ?, ?, ?, ?)", unparsed)
-        con.executemany("insert into raw._files values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit)
+        con.executemany("insert into raw._files values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit)
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

@@ -134,3 +134,23 @@ class UseCase:
                 f"days {first}..{last} are outside {self.name}'s calendar {self.start}..{self.end}"
             )
         return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the models learn from: the feature mart, its label and the columns they use.
+
+    ``baseline_feature`` is a column that is already a probability of the label (for flights,
+    the route's trailing disruption rate); the business-rule baseline predicts it directly.
+    """
+
+    features_relation: str  # e.g. "marts.flight_features" (schema.table in the warehouse)
+    labels_relation: str  # e.g. "marts.flight_labels"
+    key: str  # one row per prediction target, e.g. "flight_id"
+    date_column: str  # the local date the prediction is for; drives time-based splits
+    label: str  # binary label column in labels_relation
+    features: tuple[str, ...]
+    categorical: tuple[str, ...]  # subset of features, integer-coded before training
+    fallback_features: tuple[str, ...]  # a few robust features for the fallback model
+    baseline_feature: str
+    slices: tuple[str, ...]  # columns of the feature mart to report metrics per value

@@ -35,7 +35,8 @@ AUDIT_DDL = [
     """create table if not exists raw._files (
         table_name varchar, partition_date date, source_file varchar, file_present boolean,
         sha256 varchar, size_bytes bigint, columns varchar, rows_parsed bigint,
-        lines_unparsed bigint, read_error varchar, landed_at timestamp, loaded_at timestamp)""",
+        lines_unparsed bigint, read_error varchar, landed_at timestamp, loaded_at timestamp,
+        file_version varchar)""",
     """create table if not exists audit.partition_stats (
         table_name varchar, partition_date date, file_present boolean, landed bigint,
         valid bigint, quarantined bigint, unparsed bigint, read_error varchar,

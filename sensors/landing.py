@@ -13,11 +13,13 @@ import hashlib
 import json
 
 import dagster as dg
+import duckdb
 
 from assets.ingestion import raw_key
 from assets.partitions import USECASE
 from assets.validation import quarantine_key, validated_key
 from keel.landing import scan
+from keel.warehouse import connect
 from resources.keel_state import KeelState
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -81,6 +83,20 @@ def plan_runs(
     return contiguous_ranges(list(days)), snapshots_changed, new_cursor
 
 
+def _loaded_versions(keel: KeelState) -> dict[str, str]:
+    """File versions the warehouse already holds, so a fresh sensor does not reload them."""
+    if not keel.paths.warehouse.exists():
+        return {}
+    try:
+        with connect(keel.paths.warehouse, read_only=True) as con:
+            return dict(con.execute(
+                "select source_file, file_version from raw._files where file_present and file_version is not null"
+            ).fetchall())
+    except duckdb.Error:
+        # Busy (a run is writing) or not created yet: start from nothing; loads are idempotent.
+        return {}
+
+
 @dg.sensor(
     jobs=[ingest_daily_job, ingest_snapshots_job],
     minimum_interval_seconds=15,
@@ -96,7 +112,7 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, keel: KeelState) ->
         f.relative_to(landing): (f.version, f.partition)
         for f in scan(landing, list(usecase.tables))
     }
-    cursor = json.loads(context.cursor) if context.cursor else {}
+    cursor = json.loads(context.cursor) if context.cursor else {"files": _loaded_versions(keel)}
     ranges, snapshots_changed, new_cursor = plan_runs(files, cursor, usecase.start)
     requests = []
     if snapshots_changed:
