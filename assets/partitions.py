@@ -21,15 +21,3 @@ def partition_dates(context: dg.AssetExecutionContext | dg.OpExecutionContext) -
     """The days a run covers: one day, or a range in a single-run backfill."""
     return [dt.date.fromisoformat(key) for key in context.partition_keys]
 
-
-def run_partition_dates(context: dg.OpExecutionContext) -> list[dt.date]:
-    """The days of the run an unpartitioned step (such as a gate check) belongs to."""
-    tags = context.run.tags
-    if "dagster/partition" in tags:
-        return [dt.date.fromisoformat(tags["dagster/partition"])]
-    start = tags.get("dagster/asset_partition_range_start")
-    end = tags.get("dagster/asset_partition_range_end")
-    if start and end:
-        keys = daily_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(start, end))
-        return [dt.date.fromisoformat(key) for key in keys]
-    raise dg.Failure("gate checks of daily tables run with the partitions they gate")

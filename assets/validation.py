@@ -6,10 +6,13 @@ and line. The gates are blocking asset checks on ``validated/<table>``, evaluate
 partition a run covers: a day that fails any of them does not reach features, training or
 scoring.
 
-Each gate reports one evaluation per run. Day-by-day runs (the landing sensor's) therefore
-get one evaluation per day; a backfill's evaluation lists every failing day, and the result
-of every day is kept in ``audit.check_results``. Emitting one Dagster evaluation per day and
-gate instead costs about 25 s of event-log writes per table for a year-long backfill.
+Gates are partitioned checks: every day gets its own evaluation of every gate, so the UI
+shows which days failed and declarative automation can refresh downstream partitions whose
+gates passed while holding back the ones that failed. Within one run, a failed gate fails
+the run's gate step and so stops the run's downstream steps for every day it covers; ``keel
+run`` therefore builds downstream assets in separate runs over the days whose gates passed.
+The price of per-day evaluations is Dagster event-log writes: about 20 s per table for a
+year-long backfill (see bench/bench_ingest.py).
 """
 
 
@@ -19,7 +22,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from assets.ingestion import raw_key
-from assets.partitions import USECASE, daily_partitions, partition_dates, run_partition_dates
+from assets.partitions import USECASE, daily_partitions, partition_dates
 from keel.contract import validate_partitions
 from keel.gates import DAILY_GATES, GATE_DESCRIPTIONS, SNAPSHOT_GATES, evaluate_partitions
 from keel.spec import TableSpec
@@ -110,6 +113,7 @@ def build_gate_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
                 asset=target,
                 blocking=True,
                 description=GATE_DESCRIPTIONS[gate],
+                partitions_def=partitions,
                 metadata={"thresholds": dg.MetadataValue.json(_thresholds(spec))},
             )
             for gate in gates
@@ -118,44 +122,35 @@ def build_gate_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
     )
     def gate_checks(
         context: dg.AssetCheckExecutionContext, keel: KeelState
-    ) -> Iterator[dg.AssetCheckEvaluation]:
+    ) -> Iterator[dg.AssetCheckResult | dg.AssetCheckEvaluation]:
         op_context = context.op_execution_context
-        days = run_partition_dates(op_context) if spec.partitioned else [None]
+        days = partition_dates(op_context) if spec.partitioned else [None]
         selected = {key.name for key in context.selected_asset_check_keys}
         with keel.warehouse() as con:
             results = evaluate_partitions(con, spec, days, run_id=op_context.run_id)
-        for gate in gates:
-            if gate not in selected:
-                continue
-            by_day = {day: next(r for r in rs if r.name == gate) for day, rs in results.items()}
-            failed = {day: r for day, r in by_day.items() if not r.passed}
-            for day, result in failed.items():
-                context.log.error(f"{spec.name} {day or ''} {gate}: {result.message}")
-            if len(by_day) == 1:
-                (day, only), = by_day.items()
-                description = only.message
-                details = only.metadata
-            elif failed:
-                description = f"failed on {len(failed)} of {len(by_day)} days: " + "; ".join(
-                    f"{day}: {r.message}" for day, r in list(failed.items())[:3]
-                )
-                details = {str(day): {"message": r.message, **r.metadata} for day, r in failed.items()}
-            else:
-                description = f"passed on all {len(by_day)} days"
-                details = {}
-            yield dg.AssetCheckEvaluation(
-                asset_key=target,
-                check_name=gate,
-                passed=not failed,
-                description=description,
-                blocking=True,
-                metadata={
-                    "message": description,
-                    "days_checked": len(by_day),
-                    "days_failed": dg.MetadataValue.json(sorted(str(d) for d in failed)),
-                    "details": dg.MetadataValue.json(details),
-                },
-            )
+        single = len(results) == 1
+        for day, gate_results in results.items():
+            for result in gate_results:
+                if result.name not in selected:
+                    continue
+                if not result.passed:
+                    context.log.error(f"{spec.name} {day or ''} {result.name}: {result.message}")
+                metadata = {
+                    "message": result.message,
+                    "details": dg.MetadataValue.json(result.metadata),
+                }
+                if single:
+                    # One partition: a plain result, which Dagster ties to the step's partition.
+                    yield dg.AssetCheckResult(
+                        asset_key=target, check_name=result.name, passed=result.passed,
+                        description=result.message, metadata=metadata,
+                    )
+                else:
+                    yield dg.AssetCheckEvaluation(
+                        asset_key=target, check_name=result.name, passed=result.passed,
+                        description=result.message, blocking=True, metadata=metadata,
+                        partition=day.isoformat() if day else None,
+                    )
 
     return gate_checks
 

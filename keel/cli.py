@@ -59,8 +59,9 @@ def _missing_days(usecase, landing: Path, days: list[dt.date]) -> list[dt.date]:
     return [d for d in days if not all(file_for(landing, t, d).exists() for t in usecase.partitioned_tables)]
 
 
-def run_pipeline(start: dt.date, end: dt.date, out=sys.stdout) -> int:
+def run_pipeline(start: dt.date, end: dt.date, out=None) -> int:
     """The main job: land what is missing, then ingest, validate and gate ``start..end``."""
+    out = sys.stdout if out is None else out  # the stream of the call, not of the import
     paths = prepare_environment()
     usecase = load_usecase()
     days = usecase.days(start, end)

@@ -125,8 +125,9 @@ def _failure_reasons(
         schema.validate(typed, lazy=True)
     except pandera.errors.SchemaErrors as errors:
         cases = errors.failure_cases
-        for column, check, value, index in zip(
-            cases["column"], cases["check"], cases["failure_case"], cases["index"], strict=True
+        for context, column, check, value, index in zip(
+            cases["schema_context"], cases["column"], cases["check"], cases["failure_case"],
+            cases["index"], strict=True,
         ):
             if index is None or (isinstance(index, float) and np.isnan(index)):
                 raise ValueError(
@@ -136,13 +137,15 @@ def _failure_reasons(
             if check in ("field_uniqueness", "multiple_fields_uniqueness"):
                 rule = "duplicate_key"
                 reason = f"duplicate of an earlier row with the same key ({', '.join(map(str, schema.unique or [column]))})"
-            elif column in typed.columns and column != schema.name:
+            elif context == "Column":
                 rule = f"{column}:{check}"
                 reason = f"{column}={value} fails {check}"
             else:
-                rule = str(check)
-                error = next((c.error for c in schema.checks if c.name == check), None)
-                reason = error or str(check)
+                # pandera reports a failed DataFrame-wide check once per column of the failing
+                # row, naming the check by its error text: it is one rule, under its own name.
+                wide = next((c for c in schema.checks if check in (c.name, c.error)), None)
+                rule = wide.name if wide is not None and wide.name else str(check)
+                reason = (wide.error if wide is not None else None) or str(check)
             reasons[int(index)].append((rule, reason))
     return reasons
 

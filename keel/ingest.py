@@ -86,7 +86,7 @@ def parse_file(spec: TableSpec, landing: Path, partition: dt.date | None) -> Par
         )
         lines.pop()
     try:
-        header_text = lines[0].decode("utf-8")
+        header_text = lines[0].decode("utf-8-sig")  # a byte-order mark is not part of a name
         header = next(csv.reader([header_text]))
     except (UnicodeDecodeError, StopIteration, csv.Error, IndexError) as exc:
         parsed.read_error = f"the header line cannot be read ({exc}); the file is not CSV text"
