@@ -26,7 +26,9 @@ DAILY_GATES = (
     "volume_within_baseline",
     "null_rates_within_baseline",
 )
-SNAPSHOT_GATES = ("file_intact", "schema_conforms", "no_empty_strings", "quarantine_rate")
+SNAPSHOT_GATES = (
+    "file_intact", "schema_conforms", "no_empty_strings", "quarantine_rate", "volume_within_baseline",
+)
 
 GATE_DESCRIPTIONS = {
     "landed_on_time": "The day's file has landed; a day missing while later days arrived fails.",
@@ -34,7 +36,10 @@ GATE_DESCRIPTIONS = {
     "schema_conforms": "The file has every contract column, none of them changed type.",
     "no_empty_strings": "No empty strings where values or nulls belong.",
     "quarantine_rate": "The share of rejected rows stays under the configured maximum.",
-    "volume_within_baseline": "Row count is within bounds of the same weekday's recent median.",
+    "volume_within_baseline": (
+        "Row count is within bounds of the same weekday's recent median (daily tables) or of "
+        "the last accepted snapshot (reference tables)."
+    ),
     "null_rates_within_baseline": "Each column's unexplained null rate stays near its recent median.",
 }
 
@@ -151,6 +156,18 @@ def volume_within_baseline(
     return GateResult("volume_within_baseline", passed, text, meta)
 
 
+def snapshot_volume(stats: PartitionStats, spec: TableSpec, accepted: int | None) -> GateResult:
+    """A reference table may not shrink below a share of its last load that passed every gate."""
+    limit = spec.gates.snapshot_min_ratio
+    meta = {"rows_landed": stats.landed, "accepted_rows": accepted, "min_ratio": limit}
+    if accepted is None:
+        return GateResult("volume_within_baseline", True, "first accepted snapshot sets the baseline", meta)
+    ratio = stats.landed / accepted if accepted else float("inf")
+    meta["ratio"] = round(ratio, 4)
+    text = f"{stats.landed} rows landed; the last accepted snapshot had {accepted} (ratio {ratio:.2f}, minimum {limit:.2f})"
+    return GateResult("volume_within_baseline", ratio >= limit, text, meta)
+
+
 def null_rates_within_baseline(
     stats: PartitionStats, spec: TableSpec, history: list[PartitionStats]
 ) -> GateResult:
@@ -196,6 +213,7 @@ def evaluate(
     history: list[PartitionStats],
     later_landed: list[dt.date],
     first_problem: str | None,
+    accepted_snapshot_rows: int | None = None,
 ) -> list[GateResult]:
     """All gates of one partition (or one snapshot load), in a fixed order."""
     if not spec.partitioned:
@@ -203,7 +221,8 @@ def evaluate(
             missing = GateResult("file_intact", False, f"{spec.name} has not landed", {})
             return [missing] + [_not_evaluated(n, "nothing landed") for n in SNAPSHOT_GATES[1:]]
         return [file_intact(stats, first_problem), schema_conforms(stats),
-                no_empty_strings(stats), quarantine_rate(stats, spec)]
+                no_empty_strings(stats), quarantine_rate(stats, spec),
+                snapshot_volume(stats, spec, accepted_snapshot_rows)]
     arrival = landed_on_time(stats, later_landed)
     if not stats.file_present:
         return [arrival] + [_not_evaluated(n, "the file has not landed") for n in DAILY_GATES[1:]]
@@ -249,12 +268,16 @@ def evaluate_partitions(
             [spec.name],
         ).fetchall()
     }
+    accepted = con.execute(
+        "select landed from audit.snapshot_baseline where table_name = ?", [spec.name]
+    ).fetchone()
     results: dict[dt.date | None, list[GateResult]] = {}
     for partition in partitions:
         stats = by_partition.get(partition) or PartitionStats(spec.name, partition)
         history = [s for s in all_stats if s.partition and partition and s.partition < partition]
         later = [d for d in landed_days if partition and d > partition and d in landed_files]
-        results[partition] = evaluate(spec, stats, history, later, first_problems.get(partition))
+        results[partition] = evaluate(spec, stats, history, later, first_problems.get(partition),
+                                      accepted[0] if accepted else None)
 
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     con.execute("begin transaction")
@@ -283,6 +306,13 @@ def evaluate_partitions(
                 for p, rs in results.items()
             ],
         )
+        if not spec.partitioned and all(r.passed for r in results.get(None, [])) and None in by_partition:
+            # Only a snapshot that passed every gate becomes the next load's baseline.
+            con.execute(
+                "insert or replace into audit.snapshot_baseline select ?, ?, sha256, ? from raw._files "
+                "where table_name = ? and partition_date is null",
+                [spec.name, by_partition[None].landed, now, spec.name],
+            )
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

@@ -47,11 +47,37 @@ class ParsedFile:
         return 0 if self.rows is None else self.rows.num_rows
 
 
-def _decode_lines(lines: list[bytes], first_line: int) -> tuple[list[str], list[tuple[int, str, str]]]:
+def _group_records(
+    lines: list[tuple[int, str]],
+) -> tuple[list[tuple[int, str]], list[tuple[int, str, str]]]:
+    """Join physical lines into CSV records: a quoted value may hold a line break.
+
+    A record keeps the number of its first line. A quote left open at the end of the file
+    makes that last record unparsable rather than swallowing the lines before it.
+    """
+    records: list[tuple[int, str]] = []
+    current: tuple[int, str] | None = None
+    for number, text in lines:
+        if current is None:
+            current = (number, text)
+        else:
+            current = (current[0], current[1] + "\n" + text)
+        if current[1].count('"') % 2 == 0:
+            records.append(current)
+            current = None
+    unterminated = []
+    if current is not None:
+        unterminated.append((current[0], current[1], "a quoted value is never closed"))
+    return records, unterminated
+
+
+def _decode_lines(
+    lines: list[bytes], first_line: int
+) -> tuple[list[tuple[int, str]], list[tuple[int, str, str]]]:
     good, bad = [], []
     for number, line in enumerate(lines, start=first_line):
         try:
-            good.append(line.decode("utf-8"))
+            good.append((number, line.decode("utf-8")))
         except UnicodeDecodeError as exc:
             bad.append((number, line.decode("utf-8", "backslashreplace"), f"not valid UTF-8 ({exc.reason})"))
     return good, bad
@@ -105,13 +131,18 @@ def parse_file(spec: TableSpec, landing: Path, partition: dt.date | None) -> Par
         return parsed
 
     body, undecodable = _decode_lines(lines[1:], first_line=2)
-    undecodable_numbers = {n for n, _, _ in undecodable}
-    line_numbers = [n for n in range(2, len(lines) + 1) if n not in undecodable_numbers]
+    records, unterminated = _group_records(body)
+    # pyarrow numbers the physical lines of the text it is given (header = line 1); map each
+    # record's first line there back to its line in the landed file.
+    original_line: dict[int, int] = {}
+    text_line = 2
+    for number, record in records:
+        original_line[text_line] = number
+        text_line += record.count("\n") + 1
     rejected: dict[int, tuple[int, str, str]] = {}
 
     def on_invalid_row(row) -> str:
-        # pyarrow numbers lines within the text it is given: the header plus decodable lines.
-        original = line_numbers[row.number - 2] if row.number and row.number >= 2 else -1
+        original = original_line.get(row.number, -1) if row.number else -1
         rejected[original] = (
             original,
             row.text,
@@ -119,7 +150,7 @@ def parse_file(spec: TableSpec, landing: Path, partition: dt.date | None) -> Par
         )
         return "skip"
 
-    text = "\n".join([header_text, *body]) + "\n"
+    text = "\n".join([header_text, *(record for _, record in records)]) + "\n"
     table = pacsv.read_csv(
         io.BytesIO(text.encode("utf-8")),
         read_options=pacsv.ReadOptions(use_threads=False),
@@ -130,8 +161,8 @@ def parse_file(spec: TableSpec, landing: Path, partition: dt.date | None) -> Par
             quoted_strings_can_be_null=False,
         ),
     )
-    kept_lines = [n for n in line_numbers if n not in rejected]
-    parsed.unparsed = sorted([*undecodable, *rejected.values(), *parsed.unparsed])
+    kept_lines = [n for n, _ in records if n not in rejected]
+    parsed.unparsed = sorted([*undecodable, *unterminated, *rejected.values(), *parsed.unparsed])
 
     n = table.num_rows
     columns = {

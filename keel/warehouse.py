@@ -46,6 +46,8 @@ AUDIT_DDL = [
         table_name varchar, partition_date date, check_name varchar, passed boolean,
         blocking boolean, message varchar, metadata varchar, evaluated_at timestamp,
         run_id varchar)""",
+    """create table if not exists audit.snapshot_baseline (
+        table_name varchar primary key, landed bigint, sha256 varchar, accepted_at timestamp)""",
     """create table if not exists audit.gate_status (
         table_name varchar, partition_date date, passed boolean, failed_checks varchar,
         evaluated_at timestamp)""",

@@ -9,7 +9,6 @@ import json
 
 import pandas as pd
 import pandera.pandas as pa
-import pyarrow
 import pytest
 
 from keel import gates
@@ -166,17 +165,22 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path, landin
     assert stats.unexpected_columns == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pyarrow.ArrowInvalid,
-    reason="parse_file numbers physical lines but pyarrow reads a quoted value with a newline as "
-    "one record: the row and line-number columns differ in length and the load crashes",
-)
 def test_a_quoted_value_with_a_newline_loses_no_line(tmp_path, landing):
+    # Regression: the load crashed when a quoted value held a line break (records != lines).
     land(landing, (HEADER + '"EWR","2013-03-07",1,2,3\n"J\nFK","2013-03-07",1,2,3\n"LGA","2013-03-07",1,2,3\n').encode())
     stats, valid, quarantined = validate(tmp_path, landing)
     assert ("EWR", 2) in valid and ("LGA", 5) in valid
-    assert stats.landed == stats.valid + stats.quarantined
+    assert [row for row, *_ in quarantined] == [3], "the two-line record keeps its first line"
+    assert stats.landed == stats.valid + stats.quarantined == 3
+
+
+def test_an_unclosed_quote_at_the_end_of_the_file_is_unparsed_not_swallowed(tmp_path, landing):
+    land(landing, (HEADER + '"EWR","2013-03-07",1,2,3\n"JFK,"2013-03-07",1,2,3\n').encode())
+    stats, valid, quarantined = validate(tmp_path, landing)
+    assert valid == [("EWR", 2)]
+    ((row, rules, reason, record),) = quarantined
+    assert row == 3 and rules == ["unparsable_line"] and "never closed" in reason
+    assert not gates.file_intact(stats, reason).passed
 
 
 # --- the contract --------------------------------------------------------------------

@@ -191,12 +191,8 @@ def test_snapshot_tables_pass_their_gates_and_lose_no_row(replayed_home, pipelin
         assert pipeline.query(f"select count(*) from validated.{spec.name}") == [(valid,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GateThresholds.snapshot_min_ratio says a snapshot may not shrink below half of its "
-    "previous load, but no gate reads it: a planes file with a tenth of its rows passes",
-)
 def test_a_snapshot_that_shrinks_to_a_tenth_is_blocked(replayed_home, pipeline):
+    # Regression: snapshot_min_ratio was configured but no gate read it.
     pipeline.ingest_snapshots()
     planes = pipeline.landing_file("planes", None)
     lines = planes.read_bytes().splitlines(keepends=True)
@@ -204,9 +200,15 @@ def test_a_snapshot_that_shrinks_to_a_tenth_is_blocked(replayed_home, pipeline):
 
     result = pipeline.ingest_snapshots()
 
-    failed = [e.check_name for e in result.get_asset_check_evaluations()
+    failed = [e for e in result.get_asset_check_evaluations()
               if e.asset_key == dg.AssetKey(["validated", "planes"]) and not e.passed]
-    assert failed
+    assert [e.check_name for e in failed] == ["volume_within_baseline"]
+    assert "last accepted snapshot had 3322" in failed[0].description
+
+    # Re-running the shrunken file does not make it the baseline: it is blocked again.
+    again = pipeline.ingest_snapshots()
+    assert [e.check_name for e in again.get_asset_check_evaluations()
+            if e.asset_key == dg.AssetKey(["validated", "planes"]) and not e.passed] == ["volume_within_baseline"]
 
 
 @dg.asset(
