@@ -92,7 +92,14 @@ def run_pipeline(start: dt.date, end: dt.date, out=None) -> int:
     failed_checks = [
         e for r in results for e in r.get_asset_check_evaluations() if not e.passed and e.blocking
     ]
-    crashed = [r for r in results if not r.success and not failed_checks]
+    # A run that failed only because a gate blocked is not a crash; any other step failure is.
+    crashed = [
+        r for r in results
+        if any(
+            e.is_step_failure and "DagsterAssetCheckFailedError" not in (e.event_specific_data.error.cls_name or "")
+            for e in r.all_events
+        )
+    ]
 
     from keel.status import collect
 

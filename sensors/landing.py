@@ -69,7 +69,9 @@ def plan_runs(
     landed_days = {day for _, day in files.values() if day is not None}
     missing_now: set[str] = set()
     if landed_days:
-        day = calendar_start
+        # Gaps count from the first day that landed: a deployment that starts mid-year is
+        # not missing the months before it.
+        day = max(calendar_start, min(landed_days))
         while day < max(landed_days):
             if day not in landed_days:
                 missing_now.add(day.isoformat())

@@ -6,7 +6,7 @@ import shutil
 
 import dagster as dg
 import pytest
-from conftest import LAST_DAY, RANGE_END, RANGE_START, USECASE
+from conftest import FIRST_DAY, LAST_DAY, RANGE_END, RANGE_START, USECASE
 
 from keel.replay import replay
 from resources.keel_state import KeelState
@@ -54,9 +54,8 @@ def deliver(landing, days: list[dt.date], held) -> None:
 def test_first_tick_requests_the_snapshots_and_one_range_up_to_the_last_landed_day(replayed_home):
     requests, _ = tick()
 
-    # The calendar starts on January 1st: January and February have not landed although
-    # March has, so they are requested with it, in the same single run, for their gates.
-    assert daily_ranges(requests) == [(CALENDAR_START, LAST_DAY.isoformat())]
+    # The landing zone starts on March 1st: the months before it are not "missing".
+    assert daily_ranges(requests) == [(FIRST_DAY.isoformat(), LAST_DAY.isoformat())]
     (snapshots,) = snapshot_requests(requests)
     assert snapshots.tags.get(RANGE_START) is None
     assert len(requests) == 2
@@ -100,7 +99,7 @@ def test_a_missing_day_is_requested_once_and_again_when_it_lands(replayed_home, 
     late, later = D(2013, 3, 9), [D(2013, 3, 10), D(2013, 3, 11), D(2013, 3, 12)]
     hold_back(landing, [late, *later], held)
     requests, cursor = tick()
-    assert daily_ranges(requests) == [(CALENDAR_START, "2013-03-08")]
+    assert daily_ranges(requests) == [(FIRST_DAY.isoformat(), "2013-03-08")]
 
     # Later days arrive before 2013-03-09: the missing day is requested with them.
     deliver(landing, later, held)
