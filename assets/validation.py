@@ -170,3 +170,16 @@ def _thresholds(spec: TableSpec) -> dict:
 
 validation_assets = [build_validation_asset(spec) for spec in USECASE.tables]
 gate_checks = [build_gate_checks(spec) for spec in USECASE.tables]
+
+# Written by the gate checks, read by the dbt staging models: only days that passed every
+# gate reach the features. Declared here so the graph shows where it comes from.
+gate_status = dg.AssetSpec(
+    dg.AssetKey(["audit", "gate_status"]),
+    description=(
+        "One row per gated table and day with the verdict of its blocking gates; the dbt "
+        "staging models admit a day only when its latest verdict is passed."
+    ),
+    group_name="validation",
+    kinds={"duckdb"},
+    deps=[validated_key(spec.name) for spec in USECASE.tables],
+)

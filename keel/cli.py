@@ -89,8 +89,26 @@ def run_pipeline(start: dt.date, end: dt.date, out=None) -> int:
             tags={RANGE_START: days[0].isoformat(), RANGE_END: days[-1].isoformat()},
         ),
     ]
+
+    # Downstream of the gates, each run covers only days whose every daily table passed:
+    # within one run a failed gate would stop the downstream steps of every day it covers.
+    days_passed = _days_that_passed(paths.warehouse, usecase, days)
+    if days_passed:
+        results.append(defs.resolve_job_def("build_feature_views").execute_in_process(
+            instance=instance, raise_on_error=False))
+    for first, last in contiguous_ranges(days_passed):
+        results.append(defs.resolve_job_def("build_daily_features").execute_in_process(
+            instance=instance, raise_on_error=False,
+            tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+        ))
     failed_checks = [
         e for r in results for e in r.get_asset_check_evaluations() if not e.passed and e.blocking
+    ]
+    downstream_checks = [
+        e for r in results[2:] for e in r.get_asset_check_evaluations()
+    ]
+    failed_downstream = [
+        e for e in downstream_checks if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
     ]
     # A run that failed only because a gate blocked is not a crash; any other step failure is.
     crashed = [
@@ -118,6 +136,20 @@ def run_pipeline(start: dt.date, end: dt.date, out=None) -> int:
         if not check["passed"]:
             print(f"  BLOCKED {check['asset']} {check['partition'] or ''} {check['name']}: "
                   f"{check['message']}", file=out)
+    if downstream_checks:
+        warned = [e for e in downstream_checks if not e.passed and e.severity != dg.AssetCheckSeverity.ERROR]
+        print(f"feature checks (dbt tests, feature_skew): "
+              f"{len(downstream_checks) - len(failed_downstream) - len(warned):,} passed, "
+              f"{len(warned):,} warned, {len(failed_downstream):,} failed", file=out)
+        for e in [*failed_downstream, *warned][:20]:
+            print(f"  FAILED {e.asset_key.to_user_string()} {e.partition or ''} {e.check_name}: "
+                  f"{e.description or ''}", file=out)
+    skipped = sorted(set(days) - set(days_passed))
+    if skipped:
+        print(f"held back from features: {', '.join(map(str, skipped[:10]))}"
+              f"{' ...' if len(skipped) > 10 else ''}", file=out)
+    for line in _feature_counts(paths.warehouse, days):
+        print(line, file=out)
     print(f"UI: keel dev, then open http://127.0.0.1:3000 (runs are recorded in {paths.dagster_home})",
           file=out)
     if crashed:
@@ -127,7 +159,36 @@ def run_pipeline(start: dt.date, end: dt.date, out=None) -> int:
                     print(f"error in {event.step_key}: {event.event_specific_data.error.message.strip()}",
                           file=sys.stderr)
         return 2
-    return 1 if failed_checks else 0
+    return 1 if failed_checks or failed_downstream else 0
+
+
+def _days_that_passed(warehouse: Path, usecase, days: list[dt.date]) -> list[dt.date]:
+    from keel.warehouse import connect
+
+    with connect(warehouse, read_only=True) as con:
+        rows = con.execute(
+            "select partition_date from audit.gate_status where partition_date between ? and ? "
+            "group by partition_date having count(*) filter (where passed) = ?",
+            [days[0], days[-1], len(usecase.partitioned_tables)],
+        ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _feature_counts(warehouse: Path, days: list[dt.date]) -> list[str]:
+    from keel.warehouse import connect
+
+    with connect(warehouse, read_only=True) as con:
+        tables = {r[0] for r in con.execute(
+            "select table_schema || '.' || table_name from information_schema.tables").fetchall()}
+        lines = []
+        for relation, column in (("marts.flight_features", "flight_date"), ("marts.flight_labels", "flight_date")):
+            if relation in tables:
+                (n, d) = con.execute(
+                    f"select count(*), count(distinct {column}) from {relation} where {column} between ? and ?",
+                    [days[0], days[-1]],
+                ).fetchone()
+                lines.append(f"  {relation:<22} {n:>9,} rows over {d} days")
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:

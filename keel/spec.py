@@ -100,6 +100,26 @@ class FaultPlan:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What the models learn from: the feature mart, its label and the columns they use.
+
+    ``baseline_feature`` is a column that is already a probability of the label (for flights,
+    the route's trailing disruption rate); the business-rule baseline predicts it directly.
+    """
+
+    features_relation: str  # e.g. "marts.flight_features" (schema.table in the warehouse)
+    labels_relation: str  # e.g. "marts.flight_labels"
+    key: str  # one row per prediction target, e.g. "flight_id"
+    date_column: str  # the local date the prediction is for; drives time-based splits
+    label: str  # binary label column in labels_relation
+    features: tuple[str, ...]
+    categorical: tuple[str, ...]  # subset of features, integer-coded before training
+    fallback_features: tuple[str, ...]  # a few robust features for the fallback model
+    baseline_feature: str
+    slices: tuple[str, ...]  # columns of the feature mart to report metrics per value
+
+
+@dataclass(frozen=True)
 class UseCase:
     """A deployment: its tables, calendar and replay source."""
 
@@ -112,6 +132,11 @@ class UseCase:
     source: Callable[[str], pd.DataFrame]
     row_date: Callable[[str, pd.DataFrame], pd.Series]
     faults: FaultPlan
+    # Recomputes a sample of one day's feature rows through the online path and returns
+    # (rows compared, DataFrame of differing values); None when the deployment serves no
+    # online features. Signature: (warehouse path, day, sample size, seed) -> (int, DataFrame).
+    feature_skew: Callable[..., tuple[int, pd.DataFrame]] | None = None
+    model: ModelSpec | None = None
 
     def table(self, name: str) -> TableSpec:
         for spec in self.tables:
@@ -134,23 +159,3 @@ class UseCase:
                 f"days {first}..{last} are outside {self.name}'s calendar {self.start}..{self.end}"
             )
         return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the models learn from: the feature mart, its label and the columns they use.
-
-    ``baseline_feature`` is a column that is already a probability of the label (for flights,
-    the route's trailing disruption rate); the business-rule baseline predicts it directly.
-    """
-
-    features_relation: str  # e.g. "marts.flight_features" (schema.table in the warehouse)
-    labels_relation: str  # e.g. "marts.flight_labels"
-    key: str  # one row per prediction target, e.g. "flight_id"
-    date_column: str  # the local date the prediction is for; drives time-based splits
-    label: str  # binary label column in labels_relation
-    features: tuple[str, ...]
-    categorical: tuple[str, ...]  # subset of features, integer-coded before training
-    fallback_features: tuple[str, ...]  # a few robust features for the fallback model
-    baseline_feature: str
-    slices: tuple[str, ...]  # columns of the feature mart to report metrics per value

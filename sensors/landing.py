@@ -15,30 +15,12 @@ import json
 import dagster as dg
 import duckdb
 
-from assets.ingestion import raw_key
-from assets.partitions import USECASE
-from assets.validation import quarantine_key, validated_key
+from sensors.jobs import ingest_daily_job, ingest_snapshots_job
 from keel.landing import scan
 from keel.warehouse import connect
 from resources.keel_state import KeelState
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
-
-def _keys(tables) -> list[dg.AssetKey]:
-    return [k for t in tables for k in (raw_key(t.name), validated_key(t.name), quarantine_key(t.name))]
-
-
-ingest_daily_job = dg.define_asset_job(
-    "ingest_daily",
-    selection=dg.AssetSelection.assets(*_keys(USECASE.partitioned_tables)),
-    description="Load, validate and gate one or more days of every daily table.",
-)
-ingest_snapshots_job = dg.define_asset_job(
-    "ingest_snapshots",
-    selection=dg.AssetSelection.assets(*_keys(USECASE.snapshot_tables)),
-    description="Load, validate and gate the reference (snapshot) tables.",
-)
 
 
 def contiguous_ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from dbt_fixtures import DBT_PROJECT_DIR, built_warehouse, copy_home, read_table, warehouse_file
 
-import keel.features_online as features_online
-from keel.features_online import (
+import usecases.flights_online as features_online
+from usecases.flights_online import (
     FEATURE_COLUMNS,
     FEATURE_DTYPES,
     METADATA_COLUMNS,

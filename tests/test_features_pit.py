@@ -39,7 +39,7 @@ from dbt_fixtures import (
     window_vars,
 )
 
-from keel.features_online import FEATURE_COLUMNS, compare_feature_rows, feature_skew_sample
+from usecases.flights_online import FEATURE_COLUMNS, compare_feature_rows, feature_skew_sample
 
 CUTOFF = pd.Timestamp("2013-03-14 16:00")
 """T, naive UTC: noon in New York, four days after the DST change, 23 days into the data."""

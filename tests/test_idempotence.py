@@ -41,7 +41,14 @@ def test_running_the_pipeline_twice_gives_identical_tables_and_counts(replayed_h
     assert first_rc == second_rc == 1, "the truncated file blocks its day both times"
     assert "BLOCKED validated/flights 2013-03-03 file_intact" in second_out.getvalue()
     assert contents(pipeline) == first
-    assert collect(replayed_home.warehouse) == first_status
+    second_status = collect(replayed_home.warehouse)
+    assert second_status["tables"] == first_status["tables"]
+    # Verdicts are identical; a message may cite history (the second load of a snapshot is
+    # compared with the first, which set the baseline).
+    def verdicts(status):
+        return [{k: c[k] for k in ("asset", "partition", "name", "passed", "blocking")} for c in status["checks"]]
+
+    assert verdicts(second_status) == verdicts(first_status)
     assert all(n > 0 for table, (n, _) in first.items() if not table.startswith("quarantine.")), first
     assert first["quarantine.flights"][0] == 1 and first["raw._unparsed"][0] == 1
     landed = sum(p["landed"] for p in first_status["tables"]["flights"].values())

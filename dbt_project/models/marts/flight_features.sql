@@ -11,7 +11,7 @@
 {#
     One row per scheduled flight with every feature as known at its prediction moment
     (scheduled departure UTC - 2 h). Every feature is looked up in an online.* table by entity
-    and time bucket, exactly as keel.features_online.OnlineFeatureStore does at serving time,
+    and time bucket, exactly as usecases.flights_online.OnlineFeatureStore does at serving time,
     so training and serving read the same values. The label lives in flight_labels.
 #}
 

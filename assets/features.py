@@ -1,0 +1,128 @@
+"""Feature assets: the dbt project, one asset per model and one asset check per dbt test.
+
+Incremental models (the feature mart, the labels and the online lookup tables) are daily
+partitioned and build only their partition window, passed to dbt as ``min_date`` /
+``max_date``; views, tables and seeds are unpartitioned. ``feature_skew`` recomputes a sample
+of each day's feature rows through the deployment's online path and fails on any difference.
+"""
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+
+from assets.partitions import USECASE, daily_partitions, partition_dates
+from resources.dbt import dbt_project, ensure_manifest
+from resources.keel_state import KeelState
+
+ensure_manifest()
+
+INCREMENTAL = "config.materialized:incremental"
+FEATURES_KEY = dg.AssetKey(["marts", "flight_features"])
+
+
+class KeelDbtTranslator(DagsterDbtTranslator):
+    """Models keep their schema in the key (``marts/flight_features``); sources map to the
+    ingestion assets (``validated/flights``); everything lands in the ``features`` group."""
+
+    def get_asset_spec(self, manifest: dict[str, Any], unique_id: str, project) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest.get("nodes", {}).get(unique_id) or manifest.get("sources", {}).get(unique_id, {})
+        if node.get("resource_type") in ("model", "seed", "snapshot"):
+            spec = spec.replace_attributes(group_name="features")
+        elif node.get("resource_type") == "source":
+            # Sources are the validation layer's tables; audit.gate_status, which only dbt
+            # declares, is written by the gates.
+            spec = spec.replace_attributes(
+                group_name="validation", description=spec.description or node.get("description")
+            )
+        return spec
+
+
+translator = KeelDbtTranslator()
+_BUILD_ARGS = ["--exclude-resource-type", "unit_test"]
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    select=INCREMENTAL,
+    name="daily_feature_models",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    dagster_dbt_translator=translator,
+)
+def daily_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+    """Incremental dbt models, built for the run's days only."""
+    days = partition_dates(context)
+    window = {"min_date": days[0].isoformat(), "max_date": days[-1].isoformat()}
+    yield from dbt.cli(["build", "--vars", json.dumps(window), *_BUILD_ARGS], context=context).stream()
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    exclude=INCREMENTAL,
+    name="feature_models",
+    dagster_dbt_translator=translator,
+)
+def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+    """Views, tables and seeds of the dbt project (staging, intermediate, reference lookups)."""
+    yield from dbt.cli(["build", *_BUILD_ARGS], context=context).stream()
+
+
+# A multi-asset check with one spec: in a range run it yields one evaluation per day, which
+# a plain @asset_check (one required output) does not allow.
+@dg.multi_asset_check(
+    name="feature_skew",
+    specs=[
+        dg.AssetCheckSpec(
+            "feature_skew",
+            asset=FEATURES_KEY,
+            blocking=True,
+            partitions_def=daily_partitions,
+            description=(
+                "Recomputes a sample of each day's feature rows through the online feature path "
+                "and fails if any value differs from the mart (training-serving skew)."
+            ),
+        )
+    ],
+    can_subset=True,
+)
+def feature_skew(context: dg.AssetCheckExecutionContext, keel: KeelState) -> Iterator[Any]:
+    op_context = context.op_execution_context
+    days = partition_dates(op_context)
+    check = keel.usecase.feature_skew
+    results = []
+    for day in days:
+        compared, mismatches = check(keel.paths.warehouse, day, 25, day.toordinal())
+        results.append((day, compared, mismatches))
+    for day, compared, mismatches in results:
+        passed = compared > 0 and mismatches.empty
+        message = (
+            f"{compared} flights recomputed online: every feature equal" if passed
+            else f"no feature rows for {day}" if compared == 0
+            else f"{len(mismatches)} differing values in {mismatches['column'].nunique() if 'column' in mismatches else '?'} "
+                 f"column(s) over {compared} flights"
+        )
+        metadata = {
+            "rows_compared": compared,
+            "mismatches": len(mismatches),
+            "examples": dg.MetadataValue.md(mismatches.head(10).to_markdown(index=False) if len(mismatches) else "none"),
+        }
+        if len(results) == 1:
+            yield dg.AssetCheckResult(
+                asset_key=FEATURES_KEY, check_name="feature_skew", passed=passed,
+                description=message, metadata=metadata,
+            )
+        else:
+            yield dg.AssetCheckEvaluation(
+                asset_key=FEATURES_KEY, check_name="feature_skew", passed=passed, description=message,
+                blocking=True, metadata=metadata, partition=day.isoformat(),
+            )
+
+
+feature_assets = [daily_feature_models, feature_models]
+feature_checks = [feature_skew] if USECASE.feature_skew else []

@@ -1,0 +1,34 @@
+"""The jobs Keel's sensors and ``keel run`` launch."""
+
+import dagster as dg
+
+from assets.features import daily_feature_models, feature_models, feature_skew
+from assets.ingestion import raw_key
+from assets.partitions import USECASE
+from assets.validation import quarantine_key, validated_key
+
+
+def _keys(tables) -> list[dg.AssetKey]:
+    return [k for t in tables for k in (raw_key(t.name), validated_key(t.name), quarantine_key(t.name))]
+
+
+ingest_daily_job = dg.define_asset_job(
+    "ingest_daily",
+    selection=dg.AssetSelection.assets(*_keys(USECASE.partitioned_tables)),
+    description="Load, validate and gate one or more days of every daily table.",
+)
+ingest_snapshots_job = dg.define_asset_job(
+    "ingest_snapshots",
+    selection=dg.AssetSelection.assets(*_keys(USECASE.snapshot_tables)),
+    description="Load, validate and gate the reference (snapshot) tables.",
+)
+build_feature_views_job = dg.define_asset_job(
+    "build_feature_views",
+    selection=dg.AssetSelection.assets(feature_models),
+    description="Build the unpartitioned dbt models: seeds, staging and intermediate views, reference lookups.",
+)
+build_daily_features_job = dg.define_asset_job(
+    "build_daily_features",
+    selection=dg.AssetSelection.assets(daily_feature_models) | dg.AssetSelection.checks(feature_skew),
+    description="Build the feature mart, labels and online lookups for days whose gates passed.",
+)
