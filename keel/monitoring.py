@@ -1,0 +1,689 @@
+"""Monitoring of the serving champion and the decision to retrain it, without Dagster.
+
+Four measurements and one decision, each a plain function of data that returns plain,
+JSON-ready dicts (never pickled), so the monitoring assets and the retraining sensor only
+wire them:
+
+* :func:`build_reference` summarises the champion's training data once: a
+  :class:`keel.drift.ReferenceProfile` of its features and, given the training scores, a
+  summary of its predicted probabilities.
+* :func:`feature_drift` scores a day of features against it (the decisions are
+  :func:`keel.drift.compare`'s, i.e. Evidently's DataDriftPreset defaults) and weights the
+  drifted features by the model's importance.
+* :func:`prediction_drift` compares the day's scores with the training scores.
+* :func:`performance` measures the scores against the labels per day and over a trailing
+  window.
+* :func:`decide_retrain` turns the drift history, the trailing performance and the model's
+  age into a :class:`Decision` under a :class:`TriggerPolicy`.
+
+Why drift must be sustained: a daily sample of ~900 flights drifts for a day whenever the
+weather does (a snowstorm moves every weather feature at once), and retraining on one
+unusual day would only chase it. The trigger therefore needs the importance-weighted drift
+share at or above its threshold on ``drift_days_required`` of the last ``drift_window_days``
+calendar days. A cooldown then bounds the request rate whatever fires, so a signal that
+stays on while the new model is trained cannot queue a storm of retrains.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keel.drift import FeatureDrift, ReferenceProfile, compare
+from keel.evaluation import brier, log_loss, roc_auc
+
+REFERENCE_FORMAT = "keel.monitoring.reference/1"
+SCORE_COLUMN = "score"
+SCORE_HISTOGRAM_BINS = 20
+DECILES = tuple(np.round(np.linspace(0.0, 1.0, 11), 1))
+TRAILING_DAYS = 7
+
+# FeatureDrift fields surfaced per feature, in the order a reader compares them.
+_FEATURE_FIELDS = (
+    "kind", "stattest", "drift_score", "threshold", "drifted", "flag",
+    "ks_stat", "ks_pvalue", "ks_stat_error_bound", "wasserstein_norm",
+    "wasserstein_norm_error_bound", "chi2_stat", "chi2_pvalue", "js_distance", "psi",
+    "unseen_share", "unseen_categories", "n_ref", "n_cur", "null_share_ref", "null_share_cur",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference
+
+
+def build_reference(
+    training_frame: pd.DataFrame,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    *,
+    scores: np.ndarray | None,
+    threshold: float = 0.5,
+    labels: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The champion's reference for monitoring, as a JSON-ready dict; built once per champion.
+
+    ``scores`` are the champion's predicted probabilities on ``training_frame`` (or on the
+    split its threshold was chosen on); ``None`` leaves prediction drift unavailable.
+    ``threshold`` is the champion's operating threshold (positive when ``p >= threshold``):
+    pass the one chosen on validation, since the stored positive rate is taken at it.
+    ``labels``, when given, add the observed positive rate of the same rows.
+
+    The scores are stored three ways: a :class:`keel.drift.NumericReference` (exact up to
+    2,000 distinct values, else 1,000-quantile compressed; see :func:`prediction_drift` for
+    what that costs the KS statistic), deciles for people, and a 20-bin histogram on [0, 1]
+    for the plot. Positive rate, mean score and mean confidence are computed on the raw
+    scores, so they are exact.
+    """
+    profile = ReferenceProfile.from_frame(training_frame, numeric=numeric, categorical=categorical)
+    return _json_ready({
+        "format": REFERENCE_FORMAT,
+        "features": profile.to_dict(),
+        "scores": None if scores is None else _score_reference(scores, threshold, labels),
+    })
+
+
+def _score_reference(scores, threshold: float, labels) -> dict[str, Any]:
+    p = _probabilities(scores, "reference scores")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    profile = ReferenceProfile.from_frame(pd.DataFrame({SCORE_COLUMN: p}), numeric=[SCORE_COLUMN])
+    label_rate = None
+    if labels is not None:
+        y = np.asarray(labels, dtype=np.float64).ravel()
+        if y.shape != p.shape or not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("labels must be 0/1, one per score")
+        label_rate = float(y.mean())
+    return {
+        "n": int(p.size),
+        "threshold": float(threshold),
+        "positive_rate": float(np.mean(p >= threshold)),
+        "label_rate": label_rate,
+        "mean": float(p.mean()),
+        "mean_confidence": _mean_confidence(p),
+        "deciles": np.quantile(p, DECILES).tolist(),
+        "histogram": _histogram(p),
+        "profile": profile.to_dict(),
+    }
+
+
+def _profile(reference: Mapping[str, Any]) -> ReferenceProfile:
+    if reference.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"not a {REFERENCE_FORMAT} reference: format={reference.get('format')!r}")
+    return ReferenceProfile.from_dict(reference["features"])
+
+
+# --------------------------------------------------------------------------------------------
+# Feature drift
+
+
+def feature_drift(
+    reference: Mapping[str, Any],
+    current_frame: pd.DataFrame,
+    *,
+    importance: Mapping[str, float] | None = None,
+    day: dt.date | str | None = None,
+    method: str = "evidently",
+) -> dict[str, Any]:
+    """Per-feature drift of ``current_frame`` against ``reference`` and its summaries.
+
+    Each feature reports the decision of :func:`keel.drift.compare` (``stattest``,
+    ``drift_score``, ``threshold``, ``drifted``) and every statistic that applies to it: KS
+    statistic and asymptotic p-value and normalised Wasserstein distance (numeric),
+    chi-square and Jensen-Shannon distance (categorical, and numeric with <= 5 values), PSI
+    (both), and the share of unseen categories.
+
+    ``importance`` (for instance LightGBM gain per feature) weights the features:
+    ``important_drift_share`` is the importance of the drifted features over the total, so
+    a drifted top feature counts for more than a drifted minor one. It is normalised here;
+    a profiled feature without an entry weighs 0, and a name that is not profiled is an
+    error (its drift would be invisible). Without ``importance`` every feature weighs the
+    same and the weighted share equals ``share_drifted``.
+
+    A feature with no current values is listed in ``flagged_features`` and, as in
+    keel.drift, not counted as drifted: a dead feed is the null-rate gate's finding, and
+    retraining would not fix it. ``day`` is recorded as ``date`` for the drift history.
+    """
+    profile = _profile(reference)
+    report = compare(profile, current_frame, method=method)
+    weights, source = _importance_weights(profile.features, importance)
+    features = {drift.feature: _feature_dict(drift, weights[drift.feature]) for drift in report.features}
+    drifted = [drift.feature for drift in report.features if drift.drifted]
+    ranked = sorted(report.features, key=lambda drift: -weights[drift.feature])
+    return _json_ready({
+        "date": None if day is None else _as_date(day).isoformat(),
+        "method": method,
+        "rows_ref": report.rows_ref,
+        "rows_cur": report.rows_cur,
+        "n_features": report.n_features,
+        "n_drifted": report.n_drifted,
+        "share_drifted": report.share_drifted,
+        "dataset_drifted": report.dataset_drifted,
+        "dataset_drift_share": report.drift_share,
+        "drifted_features": drifted,
+        "flagged_features": {drift.feature: drift.flag for drift in report.features if drift.flag},
+        "importance_source": source,
+        "important_drift_share": float(sum(weights[name] for name in drifted)),
+        "important_features": [
+            {
+                "feature": drift.feature,
+                "importance": weights[drift.feature],
+                "drifted": drift.drifted,
+                "stattest": drift.stattest,
+                "drift_score": drift.drift_score,
+            }
+            for drift in ranked
+        ],
+        "features": features,
+    })
+
+
+def _importance_weights(
+    features: Sequence[str], importance: Mapping[str, float] | None
+) -> tuple[dict[str, float], str]:
+    if not features:
+        raise ValueError("the reference profiles no feature")
+    if importance is None:
+        return {name: 1.0 / len(features) for name in features}, "uniform"
+    unknown = sorted(set(importance) - set(features))
+    if unknown:
+        raise KeyError(f"importance names features the reference does not profile: {unknown}")
+    raw = {name: float(importance.get(name, 0.0)) for name in features}
+    if any(not math.isfinite(value) or value < 0 for value in raw.values()):
+        raise ValueError(f"importance must be finite and non-negative: {raw}")
+    total = sum(raw.values())
+    if total <= 0:
+        raise ValueError("importance sums to zero over the profiled features")
+    return {name: value / total for name, value in raw.items()}, "given"
+
+
+def _feature_dict(drift: FeatureDrift, weight: float) -> dict[str, Any]:
+    values = asdict(drift)
+    return {"importance": weight, **{name: values[name] for name in _FEATURE_FIELDS}}
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction drift
+
+
+def prediction_drift(
+    reference: Mapping[str, Any], scores: np.ndarray, *, method: str = "evidently"
+) -> dict[str, Any]:
+    """Drift of the day's predicted probabilities against the training scores.
+
+    ``drifted`` is decided exactly as a numeric feature would be (:func:`keel.drift.compare`
+    with ``method``): with more than 1,000 training scores, normalised Wasserstein >= 0.1;
+    with ``method="psi"``, PSI >= 0.2. Reported alongside:
+
+    * ``ks_stat``/``ks_pvalue`` (scipy's asymptotic p-value). When the training scores
+      have more than 2,000 distinct values (a LightGBM model's usually do) the reference is
+      1,000 quantiles with a linearly interpolated CDF in between, so ``ks_stat`` is within
+      ``ks_stat_error_bound`` (< 0.001) of the KS statistic on the raw training scores.
+    * ``psi`` over the training deciles, counted on the raw training scores: exact.
+    * ``positive_rate`` at the champion's operating threshold, ``mean_confidence`` (mean of
+      ``|p - 0.5| * 2``) and ``mean_score``: current, reference and change; exact.
+    """
+    stored = reference.get("scores")
+    if stored is None:
+        raise ValueError("the reference has no scores: build it with build_reference(scores=...)")
+    _profile(reference)
+    p = _probabilities(scores, "scores")
+    profile = ReferenceProfile.from_dict(stored["profile"])
+    drift = compare(profile, pd.DataFrame({SCORE_COLUMN: p}), method=method)[SCORE_COLUMN]
+    threshold = stored["threshold"]
+    return _json_ready({
+        "n": int(p.size),
+        "n_ref": stored["n"],
+        "method": method,
+        "stattest": drift.stattest,
+        "drift_score": drift.drift_score,
+        "drift_threshold": drift.threshold,
+        "drifted": drift.drifted,
+        "ks_stat": drift.ks_stat,
+        "ks_pvalue": drift.ks_pvalue,
+        "ks_stat_error_bound": drift.ks_stat_error_bound,
+        "wasserstein_norm": drift.wasserstein_norm,
+        "psi": drift.psi,
+        "positive_rate": _change(
+            float(np.mean(p >= threshold)), stored["positive_rate"], threshold=threshold
+        ),
+        "mean_confidence": _change(_mean_confidence(p), stored["mean_confidence"]),
+        "mean_score": _change(float(p.mean()), stored["mean"]),
+        "deciles": {"reference": stored["deciles"], "current": np.quantile(p, DECILES).tolist()},
+        "histogram": {
+            "edges": stored["histogram"]["edges"],
+            "reference": stored["histogram"]["counts"],
+            "current": _histogram(p)["counts"],
+        },
+    })
+
+
+def _change(current: float, reference: float, **extra: float) -> dict[str, float]:
+    return {**extra, "current": current, "reference": reference, "change": current - reference}
+
+
+def _mean_confidence(p: np.ndarray) -> float:
+    return float(np.mean(np.abs(p - 0.5) * 2.0))
+
+
+def _histogram(p: np.ndarray) -> dict[str, list]:
+    edges = np.linspace(0.0, 1.0, SCORE_HISTOGRAM_BINS + 1)
+    counts, _ = np.histogram(p, bins=edges)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
+
+
+def _probabilities(scores, what: str) -> np.ndarray:
+    p = np.asarray(scores, dtype=np.float64).ravel()
+    if p.size == 0:
+        raise ValueError(f"{what}: no values")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"{what} must be finite probabilities in [0, 1]")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Performance
+
+
+def performance(y_true, y_prob, dates, *, window_days: int = TRAILING_DAYS) -> dict[str, Any]:
+    """Metrics per day and over the trailing ``window_days`` calendar days ending each day.
+
+    A trailing window pools the rows of its days (it is not a mean of daily metrics), so a
+    small day weighs as little as it should. Days without rows are absent from ``days``;
+    each window records how many of its days had rows. ``roc_auc`` is ``None`` when the rows
+    hold one class. ``trailing`` is the window ending on the last day: what
+    :func:`decide_retrain` takes as ``performance_7d``. ``positive_rate`` is the observed
+    label rate and ``mean_predicted`` the mean probability, so calibration drift shows as
+    the two parting.
+    """
+    if window_days < 1:
+        raise ValueError("window_days must be >= 1")
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_prob, dtype=np.float64).ravel()
+    day = pd.to_datetime(pd.Series(np.asarray(dates).ravel())).dt.normalize()
+    if not (y.size == p.size == len(day)):
+        raise ValueError(f"y_true has {y.size} values, y_prob {p.size}, dates {len(day)}")
+    if y.size == 0:
+        raise ValueError("no rows to evaluate")
+    if day.isna().any():
+        raise ValueError("dates must not be missing")
+    day_number = (day.dt.tz_localize(None) if day.dt.tz is not None else day).to_numpy()
+    day_number = day_number.astype("datetime64[D]").astype(np.int64)
+    order = np.argsort(day_number, kind="stable")
+    y, p, day_number = y[order], p[order], day_number[order]
+
+    days = []
+    for number in np.unique(day_number):
+        today = slice(*np.searchsorted(day_number, [number, number + 1]))
+        window = slice(*np.searchsorted(day_number, [number - window_days + 1, number + 1]))
+        days.append({
+            "date": _day_of(number).isoformat(),
+            **_metrics(y[today], p[today]),
+            "trailing": {
+                "start": _day_of(number - window_days + 1).isoformat(),
+                "end": _day_of(number).isoformat(),
+                "days_with_data": int(np.unique(day_number[window]).size),
+                **_metrics(y[window], p[window]),
+            },
+        })
+    return _json_ready({"window_days": window_days, "days": days, "trailing": days[-1]["trailing"]})
+
+
+def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    return {
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "positive_rate": float(y.mean()),
+        "mean_predicted": float(p.mean()),
+        "roc_auc": roc_auc(y, p),
+        "log_loss": log_loss(y, p),
+        "brier": brier(y, p),
+    }
+
+
+def _day_of(number: int) -> dt.date:
+    return dt.date(1970, 1, 1) + dt.timedelta(days=int(number))
+
+
+# --------------------------------------------------------------------------------------------
+# Retraining decision
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    """When the champion is retrained. Each decision reports the values it used.
+
+    * Drift: ``important_drift_share`` (importance-weighted share of drifted features) at
+      or above its threshold on at least ``drift_days_required`` of the last
+      ``drift_window_days`` calendar days (today included). Days without a drift record
+      count as not drifted, so a stale history cannot fire; records from before the
+      champion was trained are ignored, since they were measured against its predecessor's
+      reference.
+    * Performance: trailing AUC below ``min_auc``, once the window holds at least
+      ``min_auc_rows`` labelled rows (an AUC on a few rows is noise) and starts on or after
+      the day the champion was trained (before it, the window scores its predecessor).
+    * Age: the champion is older than ``max_model_age_days``.
+    * Cooldown: no request within ``cooldown_days`` of the previous one, whatever fires.
+
+    There is no limit on how often the check runs: :func:`decide_retrain` is a pure
+    function of its inputs, and the cooldown already bounds how often it can request.
+    """
+
+    important_drift_share: float = 0.3
+    drift_days_required: int = 3
+    drift_window_days: int = 5
+    min_auc: float = 0.65
+    min_auc_rows: int = 1_000
+    max_model_age_days: int = 35
+    cooldown_days: int = 7
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.important_drift_share <= 1.0:
+            raise ValueError("important_drift_share must be in (0, 1]")
+        if not 1 <= self.drift_days_required <= self.drift_window_days:
+            raise ValueError("need 1 <= drift_days_required <= drift_window_days")
+        if not 0.0 <= self.min_auc <= 1.0:
+            raise ValueError("min_auc must be in [0, 1]")
+        if self.min_auc_rows < 1 or self.max_model_age_days < 0 or self.cooldown_days < 0:
+            raise ValueError("min_auc_rows must be >= 1, ages and cooldown >= 0")
+
+
+@dataclass
+class Decision:
+    """Whether to request a retrain today, and why (or why not)."""
+
+    today: str
+    retrain: bool
+    reasons: list[str]
+    blocked_by_cooldown: bool
+    signals: dict[str, dict[str, Any]]
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fired(self) -> list[str]:
+        return [name for name, signal in self.signals.items() if signal.get("fired")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_ready(asdict(self))
+
+
+def decide_retrain(
+    policy: TriggerPolicy,
+    *,
+    today: dt.date,
+    champion_trained_at: dt.date | dt.datetime | str,
+    last_retrain_requested_at: dt.date | dt.datetime | str | None,
+    drift_history: Sequence[Mapping[str, Any]],
+    performance_7d: Mapping[str, Any] | None,
+) -> Decision:
+    """Decide whether to request a retrain of the champion on ``today``.
+
+    ``drift_history`` holds :func:`feature_drift` results (or any dicts with ``date`` and
+    ``important_drift_share``); a date recorded twice keeps its last record, and records
+    after ``today`` are ignored (a replay decides as it would have on the day).
+    ``performance_7d`` is :func:`performance`'s ``trailing`` window, or ``None`` before
+    labels exist. ``reasons`` has one line per signal, those that fired first, then the
+    cooldown's when it suppressed a request; each line gives the value and the threshold.
+    """
+    today = _as_date(today)
+    trained = _as_date(champion_trained_at)
+    signals = {
+        "important_drift": _drift_signal(policy, today, trained, drift_history),
+        "performance": _performance_signal(policy, performance_7d, trained),
+        "model_age": _age_signal(policy, today, trained),
+    }
+    cooldown = _cooldown(policy, today, last_retrain_requested_at)
+    signals["cooldown"] = cooldown
+    triggers = ("important_drift", "performance", "model_age")
+    fired = [name for name in triggers if signals[name]["fired"]]
+    blocked = bool(fired) and cooldown["active"]
+    reasons = [signals[name]["reason"] for name in fired]
+    reasons += [signals[name]["reason"] for name in triggers if name not in fired]
+    if blocked:
+        reasons.append(f"suppressed by cooldown: {cooldown['reason']}")
+    elif not fired:
+        reasons.insert(0, "no retraining signal fired")
+    return Decision(
+        today=today.isoformat(),
+        retrain=bool(fired) and not blocked,
+        reasons=reasons,
+        blocked_by_cooldown=blocked,
+        signals=signals,
+        policy=asdict(policy),
+    )
+
+
+def _drift_signal(
+    policy: TriggerPolicy, today: dt.date, trained: dt.date, history: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    start = today - dt.timedelta(days=policy.drift_window_days - 1)
+    by_day: dict[dt.date, float | None] = {}
+    for record in history:
+        day = _as_date(record["date"])
+        if start <= day <= today and day >= trained:
+            by_day[day] = record.get("important_drift_share")
+    days = [
+        {"date": day.isoformat(), "important_drift_share": share,
+         "over": share is not None and share >= policy.important_drift_share}
+        for day, share in sorted(by_day.items())
+    ]
+    over = sum(entry["over"] for entry in days)
+    fired = over >= policy.drift_days_required
+    latest = ""
+    if days and days[-1]["important_drift_share"] is not None:
+        latest = f"; latest {days[-1]['important_drift_share']:.3f} on {days[-1]['date']}"
+    reason = (
+        f"important-feature drift share >= {policy.important_drift_share:.2f} on {over} of the "
+        f"last {policy.drift_window_days} days ({len(days)} measured since the champion was "
+        f"trained); needs {policy.drift_days_required}{latest}: {'fired' if fired else 'not fired'}"
+    )
+    return {
+        "fired": fired,
+        "value": over,
+        "threshold": policy.drift_days_required,
+        "share_threshold": policy.important_drift_share,
+        "window_days": policy.drift_window_days,
+        "days": days,
+        "reason": reason,
+    }
+
+
+def _performance_signal(
+    policy: TriggerPolicy, window: Mapping[str, Any] | None, trained: dt.date
+) -> dict[str, Any]:
+    auc = None if window is None else window.get("roc_auc")
+    n = 0 if window is None else int(window.get("n", 0))
+    base = {"value": auc, "threshold": policy.min_auc, "n": n, "min_rows": policy.min_auc_rows}
+    if window is None:
+        reason = f"trailing AUC: no labelled window yet (threshold {policy.min_auc:.2f}): not evaluated"
+        return {**base, "fired": False, "reason": reason}
+    span = f"{window.get('start')}..{window.get('end')}"
+    if window.get("start") is not None and _as_date(window["start"]) < trained:
+        reason = (f"trailing AUC over {span}: starts before the champion was trained on "
+                  f"{trained.isoformat()}, so it partly measures its predecessor "
+                  f"(threshold {policy.min_auc:.2f}): not evaluated")
+        return {**base, "fired": False, "reason": reason}
+    if auc is None:
+        reason = (f"trailing AUC over {span}: undefined (one class in {n} rows; "
+                  f"threshold {policy.min_auc:.2f}): not evaluated")
+        return {**base, "fired": False, "reason": reason}
+    if n < policy.min_auc_rows:
+        reason = (f"trailing AUC over {span}: {auc:.3f} on {n} rows, fewer than the "
+                  f"{policy.min_auc_rows} needed (threshold {policy.min_auc:.2f}): not evaluated")
+        return {**base, "fired": False, "reason": reason}
+    fired = auc < policy.min_auc
+    relation = "<" if fired else ">="
+    reason = (f"trailing AUC over {span}: {auc:.3f} {relation} minimum {policy.min_auc:.2f} "
+              f"({n} rows): {'fired' if fired else 'not fired'}")
+    return {**base, "fired": fired, "reason": reason}
+
+
+def _age_signal(policy: TriggerPolicy, today: dt.date, trained: dt.date) -> dict[str, Any]:
+    age = (today - trained).days
+    fired = age > policy.max_model_age_days
+    relation = ">" if fired else "<="
+    reason = (f"model age: {age} days since {trained.isoformat()} {relation} maximum "
+              f"{policy.max_model_age_days}: {'fired' if fired else 'not fired'}")
+    return {"fired": fired, "value": age, "threshold": policy.max_model_age_days, "reason": reason}
+
+
+def _cooldown(policy: TriggerPolicy, today: dt.date, last_request) -> dict[str, Any]:
+    if last_request is None:
+        return {"active": False, "value": None, "threshold": policy.cooldown_days,
+                "reason": "no earlier retrain request"}
+    last = _as_date(last_request)
+    since = (today - last).days
+    # A request dated after today (a replay behind the live run) also holds the cooldown.
+    active = since < policy.cooldown_days
+    relation = "<" if active else ">="
+    reason = (f"{since} days since the last request on {last.isoformat()} {relation} cooldown "
+              f"of {policy.cooldown_days} days")
+    return {"active": active, "value": since, "threshold": policy.cooldown_days,
+            "last_request": last.isoformat(), "reason": reason}
+
+
+def _as_date(value: dt.date | dt.datetime | str | pd.Timestamp) -> dt.date:
+    if isinstance(value, pd.Timestamp):
+        return value.date()
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, (str, np.datetime64)):
+        return pd.Timestamp(value).date()
+    raise TypeError(f"not a date: {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_drift_timeline(
+    drift_history: Sequence[Mapping[str, Any]], path: Path, *, policy: TriggerPolicy | None = None
+) -> Path:
+    """Drift shares per day (and the trigger threshold); below, which features drifted."""
+    records = sorted(drift_history, key=lambda record: _as_date(record["date"]))
+    if not records:
+        raise ValueError("no drift records to plot")
+    days = [_as_date(record["date"]) for record in records]
+    names = list(records[-1].get("features", {}))
+    figure = _figure(9, 5.5 if names else 3.5)
+    if names:
+        share_ax, grid_ax = figure.subplots(2, 1, sharex=True, height_ratios=[1, 1.2])
+    else:
+        share_ax, grid_ax = figure.subplots(1, 1), None
+    share_ax.plot(days, [r.get("important_drift_share") for r in records], marker="o",
+                  label="importance-weighted drifted share")
+    share_ax.plot(days, [r.get("share_drifted") for r in records], marker=".", linestyle="--",
+                  label="drifted share")
+    if policy is not None:
+        share_ax.axhline(policy.important_drift_share, color="tab:red", linewidth=1,
+                         label=f"trigger {policy.important_drift_share:.2f}")
+    share_ax.set(ylim=(0, 1.02), ylabel="share of features", title="Feature drift")
+    share_ax.legend(loc="upper left", fontsize=8)
+    if grid_ax is not None:
+        drifted = np.array([
+            [float(bool(r.get("features", {}).get(name, {}).get("drifted"))) for r in records]
+            for name in names
+        ])
+        day_numbers = _date_numbers(days)
+        half = 0.5 if len(days) == 1 else 0.5 * float(np.min(np.diff(day_numbers)))
+        grid_ax.imshow(drifted, aspect="auto", cmap="Reds", vmin=0, vmax=1, interpolation="nearest",
+                       extent=(day_numbers[0] - half, day_numbers[-1] + half, len(names) - 0.5, -0.5))
+        grid_ax.set_yticks(range(len(names)), names, fontsize=7)
+        grid_ax.xaxis_date()
+        grid_ax.set(title="Drifted features (dark: drifted)")
+    figure.autofmt_xdate()
+    return _save(figure, path)
+
+
+def plot_score_distribution(reference: Mapping[str, Any], scores: np.ndarray, path: Path) -> Path:
+    """Training and current score histograms (as densities) with the operating threshold."""
+    drift = prediction_drift(reference, scores)
+    edges = np.asarray(drift["histogram"]["edges"])
+    figure = _figure(7, 4.5)
+    ax = figure.subplots(1, 1)
+    for label, counts in (("training", drift["histogram"]["reference"]),
+                          ("current", drift["histogram"]["current"])):
+        counts = np.asarray(counts, dtype=np.float64)
+        ax.stairs(counts / counts.sum() / np.diff(edges), edges, label=label, linewidth=1.5)
+    threshold = drift["positive_rate"]["threshold"]
+    ax.axvline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
+    ax.set(xlabel="predicted probability", ylabel="density", xlim=(0, 1),
+           title=(f"Scores: KS {drift['ks_stat']:.3f}, PSI {drift['psi']:.3f}, positive rate "
+                  f"{drift['positive_rate']['current']:.3f} vs {drift['positive_rate']['reference']:.3f}"))
+    ax.legend(loc="upper right")
+    return _save(figure, path)
+
+
+def plot_performance(result: Mapping[str, Any], path: Path, *, policy: TriggerPolicy | None = None) -> Path:
+    """Daily and trailing AUC (with the minimum), and observed vs predicted positive rate."""
+    days = [_as_date(day["date"]) for day in result["days"]]
+    if not days:
+        raise ValueError("no days to plot")
+    figure = _figure(9, 6)
+    auc_ax, rate_ax = figure.subplots(2, 1, sharex=True)
+    nan = float("nan")
+    auc_ax.plot(days, [d["roc_auc"] if d["roc_auc"] is not None else nan for d in result["days"]],
+                marker=".", linestyle="none", label="daily")
+    auc_ax.plot(days, [d["trailing"]["roc_auc"] if d["trailing"]["roc_auc"] is not None else nan
+                       for d in result["days"]], label=f"trailing {result['window_days']} days")
+    if policy is not None:
+        auc_ax.axhline(policy.min_auc, color="tab:red", linewidth=1, label=f"minimum {policy.min_auc:.2f}")
+    auc_ax.set(ylabel="ROC AUC", title="Performance")
+    auc_ax.legend(loc="lower left", fontsize=8)
+    rate_ax.plot(days, [d["trailing"]["positive_rate"] for d in result["days"]], label="observed rate")
+    rate_ax.plot(days, [d["trailing"]["mean_predicted"] for d in result["days"]], linestyle="--",
+                 label="mean predicted")
+    rate_ax.set(ylabel=f"trailing {result['window_days']}-day rate")
+    rate_ax.legend(loc="upper left", fontsize=8)
+    figure.autofmt_xdate()
+    return _save(figure, path)
+
+
+def _figure(width: float, height: float):
+    # A Figure on its own Agg canvas: no pyplot, so no global figure registry to leak into.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _date_numbers(days: Sequence[dt.date]) -> np.ndarray:
+    from matplotlib.dates import date2num
+
+    return np.asarray(date2num(days), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _json_ready(value: Any) -> Any:
+    """Plain Python types throughout; NaN and infinities (a chi-square with an unseen
+    category) become None, which JSON can hold."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return [_json_ready(item) for item in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
