@@ -95,10 +95,8 @@ def feature_skew(context: dg.AssetCheckExecutionContext, keel: KeelState) -> Ite
     op_context = context.op_execution_context
     days = partition_dates(op_context)
     check = keel.usecase.feature_skew
-    results = []
-    for day in days:
-        compared, mismatches = check(keel.paths.warehouse, day, 25, day.toordinal())
-        results.append((day, compared, mismatches))
+    per_day = check(keel.paths.warehouse, days, 25)
+    results = [(day, *per_day[day]) for day in days]
     for day, compared, mismatches in results:
         passed = compared > 0 and mismatches.empty
         message = (

@@ -142,7 +142,8 @@ def run_pipeline(start: dt.date, end: dt.date, out=None) -> int:
               f"{len(downstream_checks) - len(failed_downstream) - len(warned):,} passed, "
               f"{len(warned):,} warned, {len(failed_downstream):,} failed", file=out)
         for e in [*failed_downstream, *warned][:20]:
-            print(f"  FAILED {e.asset_key.to_user_string()} {e.partition or ''} {e.check_name}: "
+            label = "FAILED" if e in failed_downstream else "WARNED"
+            print(f"  {label} {e.asset_key.to_user_string()} {e.partition or ''} {e.check_name}: "
                   f"{e.description or ''}", file=out)
     skipped = sorted(set(days) - set(days_passed))
     if skipped:

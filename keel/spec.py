@@ -132,10 +132,10 @@ class UseCase:
     source: Callable[[str], pd.DataFrame]
     row_date: Callable[[str, pd.DataFrame], pd.Series]
     faults: FaultPlan
-    # Recomputes a sample of one day's feature rows through the online path and returns
-    # (rows compared, DataFrame of differing values); None when the deployment serves no
-    # online features. Signature: (warehouse path, day, sample size, seed) -> (int, DataFrame).
-    feature_skew: Callable[..., tuple[int, pd.DataFrame]] | None = None
+    # Recomputes a sample of each given day's feature rows through the online path and
+    # returns {day: (rows compared, DataFrame of differing values)}; None when the deployment
+    # serves no online features. Signature: (warehouse path, days, sample size) -> dict.
+    feature_skew: Callable[..., dict] | None = None
     model: ModelSpec | None = None
 
     def table(self, name: str) -> TableSpec:

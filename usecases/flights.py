@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from keel.spec import FaultPlan, GateThresholds, TableSpec, UseCase
-from usecases.flights_online import feature_skew_sample
+from usecases.flights_online import feature_skew_days
 
 TIMEZONE = "America/New_York"
 NYC_AIRPORTS = ["EWR", "JFK", "LGA"]
@@ -242,5 +242,5 @@ USECASE = UseCase(
         null_spike="tailnum",
         out_of_range=_out_of_range,
     ),
-    feature_skew=feature_skew_sample,
+    feature_skew=feature_skew_days,
 )
