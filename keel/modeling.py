@@ -353,7 +353,9 @@ class TrainedModel:
         """Probabilities of the label for rows of ``matrix()`` or ``row_matrix()``."""
         if self.baseline is not None:
             return self.baseline.predict_matrix(matrix)
-        return self.booster.predict(matrix)
+        # A booster read from text forgets its num_threads and predicts with OpenMP's default
+        # (every core): measured here, 7.8 ms per single-row call instead of 24 us.
+        return self.booster.predict(matrix, num_threads=int(self.params.get("num_threads", DEFAULT_NUM_THREADS)))
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Probabilities of the label for each row of ``frame``."""

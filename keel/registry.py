@@ -73,6 +73,11 @@ def _client() -> MlflowClient:
     return MlflowClient()
 
 
+def client() -> MlflowClient:
+    """A client of the configured store (call :func:`configure` first)."""
+    return _client()
+
+
 def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:
     """Point MLflow at ``tracking_uri`` (tracking and registry) and get or create
     ``experiment`` with its artifacts under ``artifact_root``; returns the experiment id.

@@ -53,6 +53,11 @@ class KeelPaths:
         return self.home / "mlflow"
 
     @property
+    def models(self) -> Path:
+        """The current training set and the evaluation reports (plots, tables) per version."""
+        return self.home / "models"
+
+    @property
     def rejected_files(self) -> Path:
         """Copies of landing files that could not be read at all, kept byte for byte."""
         return self.home / "rejected_files"
@@ -66,10 +71,16 @@ def paths() -> KeelPaths:
     return KeelPaths(keel_home())
 
 
-def prepare_environment() -> KeelPaths:
-    """Create the state folders and point Dagster at them; safe to call repeatedly."""
+def offline_environment() -> None:
+    """Switch telemetry off for every library Keel runs; call before importing mlflow, which
+    starts its telemetry client at import time."""
     for key, value in _OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def prepare_environment() -> KeelPaths:
+    """Create the state folders and point Dagster at them; safe to call repeatedly."""
+    offline_environment()
     p = paths()
     for folder in (p.landing, p.dagster_home, p.mlflow, p.rejected_files):
         folder.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,10 @@ class ModelSpec:
     categorical: tuple[str, ...]  # subset of features, integer-coded before training
     fallback_features: tuple[str, ...]  # a few robust features for the fallback model
     baseline_feature: str
-    slices: tuple[str, ...]  # columns of the feature mart to report metrics per value
+    slices: tuple[str, ...]  # columns of the feature mart (or of ``derived``) to report metrics per value
+    # Reporting columns computed from the mart's columns (e.g. a departure-hour band from
+    # the scheduled hour): name -> function of the frame. Never model inputs.
+    derived: Mapping[str, Callable[[pd.DataFrame], pd.Series]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

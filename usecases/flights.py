@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from keel.spec import FaultPlan, GateThresholds, TableSpec, UseCase
-from usecases.flights_online import feature_skew_days
+from keel.spec import FaultPlan, GateThresholds, ModelSpec, TableSpec, UseCase
+from usecases.flights_online import FEATURE_COLUMNS, feature_skew_days
 
 TIMEZONE = "America/New_York"
 NYC_AIRPORTS = ["EWR", "JFK", "LGA"]
@@ -202,6 +202,37 @@ def _out_of_range(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return df
 
 
+HOUR_BANDS = ((0, "night"), (6, "morning"), (12, "afternoon"), (18, "evening"))
+"""Departure-hour bands for slice metrics: each band starts at its local hour."""
+
+
+def departure_hour_band(frame: pd.DataFrame) -> pd.Series:
+    """night (0-5), morning (6-11), afternoon (12-17) or evening (18-23) of the scheduled hour."""
+    hours = frame["sched_dep_hour"]
+    band = pd.Series(None, index=frame.index, dtype=object)
+    for start, name in HOUR_BANDS:
+        band[hours >= start] = name
+    return band.where(hours.notna(), None)
+
+
+MODEL = ModelSpec(
+    features_relation="marts.flight_features",
+    labels_relation="marts.flight_labels",
+    key="flight_id",
+    date_column="flight_date",
+    label="is_disrupted",
+    # Every column of the mart with meta role "feature" (flight_features.yml), in mart order.
+    features=FEATURE_COLUMNS,
+    categorical=("origin", "dest", "carrier", "aircraft_engine_type"),
+    # Known from the schedule and the route's history alone: no weather, aircraft or
+    # live-operations lookups, which are the inputs most likely to be late or missing.
+    fallback_features=("sched_dep_hour", "day_of_week", "carrier", "origin", "route_disruption_rate_28d"),
+    # The business rule: a flight is as likely to be disrupted as its route was lately.
+    baseline_feature="route_disruption_rate_28d",
+    slices=("carrier", "origin", "month", "dep_hour_band"),
+    derived={"dep_hour_band": departure_hour_band},
+)
+
 USECASE = UseCase(
     name="flight_disruption",
     tables=(
@@ -243,4 +274,5 @@ USECASE = UseCase(
         out_of_range=_out_of_range,
     ),
     feature_skew=feature_skew_days,
+    model=MODEL,
 )
