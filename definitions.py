@@ -14,23 +14,42 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from resources.dbt import dbt_resource  # noqa: E402
+from assets.evaluation import evaluation_assets  # noqa: E402
 from assets.features import feature_assets, feature_checks  # noqa: E402
 from assets.ingestion import raw_assets  # noqa: E402
+from assets.scoring import scoring_assets  # noqa: E402
+from assets.training import training_assets  # noqa: E402
 from assets.validation import gate_checks, gate_status, validation_assets  # noqa: E402
 from resources.keel_state import KeelState  # noqa: E402
+from resources.mlflow import MlflowRegistry  # noqa: E402
+from resources.promotion import PromotionPolicy  # noqa: E402
 from sensors.jobs import (  # noqa: E402
     build_daily_features_job,
     build_feature_views_job,
     ingest_daily_job,
     ingest_snapshots_job,
+    promote_champion_job,
+    score_daily_job,
+    train_models_job,
 )
 from sensors.landing import landing_zone_sensor  # noqa: E402
 
 defs = dg.Definitions(
-    assets=[*raw_assets, *validation_assets, gate_status, *feature_assets],
+    assets=[
+        *raw_assets, *validation_assets, gate_status, *feature_assets,
+        *training_assets, *evaluation_assets, *scoring_assets,
+    ],
     asset_checks=[*gate_checks, *feature_checks],
-    jobs=[ingest_daily_job, ingest_snapshots_job, build_feature_views_job, build_daily_features_job],
+    jobs=[
+        ingest_daily_job, ingest_snapshots_job, build_feature_views_job, build_daily_features_job,
+        train_models_job, score_daily_job, promote_champion_job,
+    ],
     sensors=[landing_zone_sensor],
-    resources={"keel": KeelState(), "dbt": dbt_resource()},
+    resources={
+        "keel": KeelState(),
+        "dbt": dbt_resource(),
+        "mlflow": MlflowRegistry(),
+        "promotion": PromotionPolicy(),
+    },
     executor=dg.in_process_executor,
 )

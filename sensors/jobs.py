@@ -2,7 +2,10 @@
 
 import dagster as dg
 
+from assets.evaluation import champion, evaluation_report
 from assets.features import daily_feature_models, feature_models, feature_skew
+from assets.scoring import predictions
+from assets.training import baseline_model, fallback_model, primary_model, training_set
 from assets.ingestion import raw_key
 from assets.partitions import USECASE
 from assets.validation import quarantine_key, validated_key
@@ -31,4 +34,24 @@ build_daily_features_job = dg.define_asset_job(
     "build_daily_features",
     selection=dg.AssetSelection.assets(daily_feature_models) | dg.AssetSelection.checks(feature_skew),
     description="Build the feature mart, labels and online lookups for days whose gates passed.",
+)
+train_models_job = dg.define_asset_job(
+    "train_models",
+    selection=dg.AssetSelection.assets(
+        training_set, primary_model, fallback_model, baseline_model, evaluation_report, champion
+    ),
+    description=(
+        "Train the primary, fallback and baseline models on a window of labelled days, evaluate "
+        "the challenger against the champion through the promotion gates, apply the policy."
+    ),
+)
+score_daily_job = dg.define_asset_job(
+    "score_daily",
+    selection=dg.AssetSelection.assets(predictions),
+    description="Score one or more days of scheduled flights with the champion and its fallback tiers.",
+)
+promote_champion_job = dg.define_asset_job(
+    "promote_champion",
+    selection=dg.AssetSelection.assets(champion),
+    description="Apply the promotion policy, approve a version (approve_version) or roll back.",
 )
