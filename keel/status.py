@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 
 from keel.warehouse import connect
+
+TIERS = ("primary", "fallback", "baseline")
 
 UNPARTITIONED = "unpartitioned"
 
@@ -26,8 +30,9 @@ def _read_only(path: Path, attempts: int = 20):
 
 
 def collect(warehouse: Path, start=None, end=None) -> dict:
-    """The ``keel status --json`` document (other stages add their own keys)."""
-    doc: dict = {"tables": {}, "checks": []}
+    """The ``keel status --json`` document (other stages add their own keys; the models come
+    from the registry, see :func:`collect_models`)."""
+    doc: dict = {"tables": {}, "checks": [], "predictions": {}}
     if not warehouse.exists():
         return doc
     ctx = _read_only(warehouse)
@@ -61,4 +66,52 @@ def collect(warehouse: Path, start=None, end=None) -> dict:
                 "blocking": bool(blocking),
                 "message": message,
             })
+        if "serving.predictions" in tables:
+            for day, tier, rows in con.execute(
+                "select flight_date, tier, count(*) from serving.predictions "
+                "where (? is null or flight_date >= ?) and (? is null or flight_date <= ?) "
+                "group by all order by all",
+                params,
+            ).fetchall():
+                counts = doc["predictions"].setdefault(day.isoformat(), {t: 0 for t in TIERS})
+                counts[tier] = int(rows)
     return doc
+
+
+KEY_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+
+
+def collect_models(registry, names: Sequence[str]) -> dict:
+    """Per registered model: its aliases and versions, oldest first, each with its version,
+    run id, creation time (UTC), aliases, test-set metrics (``KEY_METRICS``, None when
+    undefined) and gate verdict. ``registry`` is a configured keel.registry."""
+    from mlflow.exceptions import MlflowException
+
+    client = registry.client()
+    models: dict = {}
+    for name in names:
+        try:
+            registered = client.get_registered_model(name)
+        except MlflowException:
+            continue
+        aliases_of: dict[int, list[str]] = {}
+        for alias, version in registered.aliases.items():
+            aliases_of.setdefault(int(version), []).append(alias)
+        versions = []
+        # The registry's own filter language; the name comes from the configuration.
+        for mv in sorted(client.search_model_versions(filter_string=f"name = '{name}'"), key=lambda v: int(v.version)):
+            metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            versions.append({
+                "version": int(mv.version),
+                "run_id": mv.run_id,
+                "created": dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.timezone.utc)
+                .isoformat(timespec="seconds"),
+                "aliases": sorted(aliases_of.get(int(mv.version), [])),
+                **{m: metrics.get(f"test.{m}") for m in KEY_METRICS},
+                "gates": mv.tags.get("keel.gates"),
+            })
+        models[name] = {
+            "aliases": {alias: int(v) for alias, v in sorted(registered.aliases.items())},
+            "versions": versions,
+        }
+    return models
