@@ -220,6 +220,11 @@ def _run_models(defs, instance, paths, usecase, days, days_passed, train_threads
     if weeks is None:
         runs.lines.append(f"  training skipped: {labelled} labelled day(s) in {days[0]}..{days[-1]}; "
                           "at least 28 are needed (train, validation and test weeks)")
+    elif (same := _champion_trained_on_the_same(paths, spec, names, days, weeks)) is not None:
+        runs.lines.append(
+            f"  training skipped: champion v{same} was trained on these very rows with this code "
+            "(same training-set hash, dbt manifest, lock file and commit)"
+        )
     else:
         threads = _train_threads(train_threads)
         run_config = {"ops": {
@@ -266,6 +271,39 @@ def _run_models(defs, instance, paths, usecase, days, days_passed, train_threads
         + ", ".join(f"{tier} {n:,}" for tier, n in per_tier.items())
     )
     return runs
+
+
+def _champion_trained_on_the_same(paths, spec, names, days, weeks) -> int | None:
+    """The champion's version when it was trained on exactly what ``keel run`` would train on
+    now (the same window, split and rows, from the same clean commit, dbt manifest and lock
+    file), so that running ``keel run`` again registers no new, identical model."""
+    from keel.datasets import build_training_set
+    from keel.lineage import code_lineage
+    from keel.promotion import alias_or_none
+    from keel.tracking import location, open_registry
+    from keel.warehouse import connect
+
+    where = location(paths)
+    if not where.exists():
+        return None
+    registry = open_registry(where)
+    champion = alias_or_none(registry, names["primary"], registry.CHAMPION)
+    if champion is None:
+        return None
+    lineage = registry.lineage(names["primary"], champion)
+    code = code_lineage()
+    config = lineage.get("training_config", {})
+    if (
+        code["git_dirty"] is not False or lineage.get("git_dirty") is not False
+        or any(lineage.get(key) != value for key, value in code.items())
+        or (config.get("start"), config.get("end")) != (days[0].isoformat(), days[-1].isoformat())
+        or (config.get("valid_weeks"), config.get("test_weeks")) != (weeks, weeks)
+        or config.get("label_corruption", "none") != "none"
+    ):
+        return None
+    with connect(paths.warehouse, read_only=True) as con:
+        training = build_training_set(con, spec, days[0], days[-1], valid_weeks=weeks, test_weeks=weeks)
+    return champion if training.meta["training_set_hash"] == lineage.get("training_set_hash") else None
 
 
 def _training_summary(result) -> list[str]:

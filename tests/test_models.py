@@ -169,6 +169,20 @@ def test_keel_run_trains_gates_promotes_the_first_model_and_scores_every_gated_d
 
 
 @pytest.mark.slow
+def test_keel_run_again_on_the_same_rows_and_code_registers_no_new_model(home, monkeypatch):
+    # The commit pins the code only in a clean checkout; pin both for the test's checkout.
+    monkeypatch.setattr("keel.lineage.git_commit", lambda root=PROJECT_ROOT: "c" * 40)
+    monkeypatch.setattr("keel.lineage.git_dirty", lambda root=PROJECT_ROOT: False)
+    first, second = io.StringIO(), io.StringIO()
+    assert run_pipeline(START, END, out=first) == 0, first.getvalue()
+    served = query(home.warehouse, "select flight_id, score, model_version from serving.predictions order by all")
+    assert run_pipeline(START, END, out=second) == 0, second.getvalue()
+    assert "training skipped: champion v1 was trained on these very rows with this code" in second.getvalue()
+    assert [int(v.version) for v in registry(home).client().search_model_versions(f"name='{PRIMARY}'")] == [1]
+    assert query(home.warehouse, "select flight_id, score, model_version from serving.predictions order by all") == served
+
+
+@pytest.mark.slow
 def test_a_challenger_worse_than_the_champion_is_not_promoted_and_the_check_says_why(home, capsys):
     assert train().success
     worse = train(params=WEAKER_PARAMS)
