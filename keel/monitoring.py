@@ -170,6 +170,10 @@ def feature_drift(
         "flagged_features": {drift.feature: drift.flag for drift in report.features if drift.flag},
         "importance_source": source,
         "important_drift_share": float(sum(weights[name] for name in drifted)),
+        "important_drift_score": drift_intensity(
+            {drift.feature: (drift.stattest, drift.drift_score, drift.threshold) for drift in report.features},
+            weights,
+        ),
         "important_features": [
             {
                 "feature": drift.feature,
@@ -181,6 +185,105 @@ def feature_drift(
             for drift in ranked
         ],
         "features": features,
+    })
+
+
+# Tests whose score is a distance (drift when score >= threshold); the others score a p-value
+# (drift when score < threshold).
+DISTANCE_TESTS = frozenset({"wasserstein", "jensenshannon", "psi", "hellinger", "kl_div", "energy_distance"})
+INTENSITY_CAP = 100.0
+BASELINE_SIGMAS = 3.0  # a feature's bar: this many standard deviations above its ordinary days' mean
+
+
+def normalised_score(stattest: str | None, score: float | None, threshold: float | None) -> float | None:
+    """A feature's drift score in units of its own threshold: 1.0 is exactly at Evidently's
+    drift threshold, 2.0 twice as far (for a p-value test, ``log p / log threshold``),
+    capped at ``INTENSITY_CAP`` (a p-value of 0 or a constant feed would be infinite); None
+    without a score (no current values)."""
+    if score is None or threshold is None or not math.isfinite(score) or not math.isfinite(threshold):
+        return None
+    if stattest in DISTANCE_TESTS:
+        ratio = score / threshold if threshold > 0 else INTENSITY_CAP
+    elif 0.0 < threshold < 1.0:
+        ratio = math.log(max(score, 1e-300)) / math.log(threshold)
+    else:
+        return None
+    return float(min(max(ratio, 0.0), INTENSITY_CAP))
+
+
+def drift_intensity(scores: Mapping[str, tuple[str | None, float | None, float | None]],
+                    weights: Mapping[str, float]) -> float:
+    """How far a day's features moved, weighted by importance: the sum over features of
+    :func:`normalised_score` times the feature's normalised importance. Reported beside the
+    decisions, which use :func:`calibrated_drift`."""
+    total = 0.0
+    for feature, (stattest, score, threshold) in scores.items():
+        value = normalised_score(stattest, score, threshold)
+        if value is not None:
+            total += weights.get(feature, 0.0) * value
+    return float(total)
+
+
+def drift_baseline(
+    reference: Mapping[str, Any],
+    frame: pd.DataFrame,
+    date_column: str,
+    *,
+    importance: Mapping[str, float] | None = None,
+    method: str = "evidently",
+) -> dict[str, Any]:
+    """How far each feature moves on ordinary days: the days of ``frame`` measured against
+    ``reference``, and per feature the mean and standard deviation of its
+    :func:`normalised_score` and its bar (mean + ``BASELINE_SIGMAS`` sd, at least 1.0, i.e.
+    never below Evidently's own threshold; a feature seen on fewer than 2 days gets the cap,
+    which no score exceeds). Pass days the reference does not contain (for a
+    champion, its validation weeks against a profile of its training weeks): a day inside
+    the reference is part of what it is compared with and looks closer than new days do.
+
+    Why: a single day is a narrow slice of a many-week reference. Its weather, its weekday and
+    its trailing rates differ from the whole, so Evidently's per-feature tests flag most
+    features on most days, ordinary ones included. Each feature is therefore held to what it
+    does on ordinary days: a noisy weather reading gets a high bar, a steady schedule feature a
+    low one, and a feed that breaks stands out even when the rest moves as usual."""
+    features = _profile(reference).features
+    days = pd.to_datetime(frame[date_column]).dt.date
+    per_feature: dict[str, list[float]] = {name: [] for name in features}
+    n_days = 0
+    for _, rows in frame.groupby(days, sort=True):
+        result = feature_drift(reference, rows[features], importance=importance, method=method)
+        n_days += 1
+        for name, values in result["features"].items():
+            value = normalised_score(values["stattest"], values["drift_score"], values["threshold"])
+            if value is not None:
+                per_feature[name].append(value)
+    if n_days < 5:
+        raise ValueError(f"{n_days} ordinary day(s): at least 5 are needed for a drift baseline")
+    bars = {}
+    for name, values in per_feature.items():
+        if len(values) < 2:
+            bars[name] = {"days": len(values), "mean": None, "std": None, "bar": INTENSITY_CAP}
+            continue
+        mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+        bars[name] = {"days": len(values), "mean": mean, "std": std,
+                      "bar": float(min(INTENSITY_CAP, max(1.0, mean + BASELINE_SIGMAS * std)))}
+    return _json_ready({"days": n_days, "sigmas": BASELINE_SIGMAS, "features": bars})
+
+
+def calibrated_drift(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The features of a :func:`feature_drift` result beyond their own ordinary-day bar
+    (:func:`drift_baseline`), most important first, and their share of the importance:
+    ``calibrated_drift_share``, what the check and the retraining trigger decide on."""
+    beyond = []
+    for name, values in result["features"].items():
+        bar = baseline["features"].get(name, {}).get("bar", INTENSITY_CAP)
+        value = normalised_score(values["stattest"], values["drift_score"], values["threshold"])
+        # Strictly beyond: a feature whose ordinary days already reach the cap can never be.
+        if value is not None and value > bar and value >= 1.0:
+            beyond.append({"feature": name, "importance": values["importance"], "score": value, "bar": bar})
+    beyond.sort(key=lambda item: -item["importance"])
+    return _json_ready({
+        "calibrated_drift_share": float(sum(item["importance"] for item in beyond)),
+        "calibrated_drifted_features": beyond,
     })
 
 
@@ -376,6 +479,10 @@ class TriggerPolicy:
     """
 
     important_drift_share: float = 0.3
+    # A day whose record carries ``calibrated_drift_share`` (the importance of the features
+    # beyond their own ordinary-day bar) counts as drifted at or above this;
+    # ``important_drift_share`` decides for records without it.
+    calibrated_drift_share: float = 0.2
     drift_days_required: int = 3
     drift_window_days: int = 5
     min_auc: float = 0.65
@@ -386,6 +493,8 @@ class TriggerPolicy:
     def __post_init__(self) -> None:
         if not 0.0 < self.important_drift_share <= 1.0:
             raise ValueError("important_drift_share must be in (0, 1]")
+        if not 0.0 < self.calibrated_drift_share <= 1.0:
+            raise ValueError("calibrated_drift_share must be in (0, 1]")
         if not 1 <= self.drift_days_required <= self.drift_window_days:
             raise ValueError("need 1 <= drift_days_required <= drift_window_days")
         if not 0.0 <= self.min_auc <= 1.0:
@@ -463,23 +572,31 @@ def _drift_signal(
     policy: TriggerPolicy, today: dt.date, trained: dt.date, history: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
     start = today - dt.timedelta(days=policy.drift_window_days - 1)
-    by_day: dict[dt.date, float | None] = {}
+    by_day: dict[dt.date, Mapping[str, Any]] = {}
     for record in history:
         day = _as_date(record["date"])
         if start <= day <= today and day >= trained:
-            by_day[day] = record.get("important_drift_share")
-    days = [
-        {"date": day.isoformat(), "important_drift_share": share,
-         "over": share is not None and share >= policy.important_drift_share}
-        for day, share in sorted(by_day.items())
-    ]
+            by_day[day] = record
+    calibrated = any(r.get("calibrated_drift_share") is not None for r in by_day.values())
+    days = []
+    for day, record in sorted(by_day.items()):
+        share, calibrated_share = record.get("important_drift_share"), record.get("calibrated_drift_share")
+        over = (calibrated_share is not None and calibrated_share >= policy.calibrated_drift_share) if calibrated \
+            else (share is not None and share >= policy.important_drift_share)
+        entry = {"date": day.isoformat(), "important_drift_share": share, "over": over}
+        if calibrated:
+            entry["calibrated_drift_share"] = calibrated_share
+        days.append(entry)
     over = sum(entry["over"] for entry in days)
     fired = over >= policy.drift_days_required
+    measure = "calibrated_drift_share" if calibrated else "important_drift_share"
     latest = ""
-    if days and days[-1]["important_drift_share"] is not None:
-        latest = f"; latest {days[-1]['important_drift_share']:.3f} on {days[-1]['date']}"
+    if days and days[-1][measure] is not None:
+        latest = f"; latest {days[-1][measure]:.3f} on {days[-1]['date']}"
+    what = (f"share of importance beyond its ordinary-day bar >= {policy.calibrated_drift_share:.2f}"
+            if calibrated else f"important-feature drift share >= {policy.important_drift_share:.2f}")
     reason = (
-        f"important-feature drift share >= {policy.important_drift_share:.2f} on {over} of the "
+        f"{what} on {over} of the "
         f"last {policy.drift_window_days} days ({len(days)} measured since the champion was "
         f"trained); needs {policy.drift_days_required}{latest}: {'fired' if fired else 'not fired'}"
     )
@@ -488,6 +605,8 @@ def _drift_signal(
         "value": over,
         "threshold": policy.drift_days_required,
         "share_threshold": policy.important_drift_share,
+        "measure": measure,
+        "calibrated_share_threshold": policy.calibrated_drift_share,
         "window_days": policy.drift_window_days,
         "days": days,
         "reason": reason,

@@ -13,9 +13,13 @@ from scipy.spatial import distance
 
 from keel.drift import PSI_EMPTY_BIN_SHARE
 from keel.monitoring import (
+    INTENSITY_CAP,
     TriggerPolicy,
     build_reference,
     decide_retrain,
+    calibrated_drift,
+    drift_baseline,
+    drift_intensity,
     feature_drift,
     performance,
     plot_drift_timeline,
@@ -179,6 +183,62 @@ def training_scores():
 @pytest.fixture(scope="module")
 def scored_reference(training, training_scores):
     return build_reference(training, NUMERIC, CATEGORICAL, scores=training_scores, threshold=0.4)
+
+
+def test_drift_intensity_weighs_each_feature_in_units_of_its_threshold():
+    scores = {
+        "temp": ("wasserstein", 0.25, 0.1),  # 2.5 thresholds
+        "carrier": ("jensenshannon", 0.05, 0.1),  # half a threshold
+        "dep_hour": ("ks", 1e-4, 0.05),  # a p-value: log(1e-4) / log(0.05)
+        "wind_speed": ("wasserstein", 50.0, 0.1),  # capped
+        "origin": ("chisquare", None, 0.05),  # no current values: nothing
+    }
+    weights = {"temp": 0.4, "carrier": 0.3, "dep_hour": 0.2, "wind_speed": 0.1, "origin": 0.0}
+    expected = 0.4 * 2.5 + 0.3 * 0.5 + 0.2 * math.log(1e-4) / math.log(0.05) + 0.1 * INTENSITY_CAP
+    assert drift_intensity(scores, weights) == pytest.approx(expected, rel=1e-12)
+
+
+def test_each_feature_is_held_to_its_own_ordinary_day_bar(reference):
+    days = pd.date_range("2013-01-01", periods=20).date
+    frame = pd.concat([flights(100 + i, 500).assign(day=day) for i, day in enumerate(days)], ignore_index=True)
+    baseline = drift_baseline(reference, frame, "day", importance=IMPORTANCE)
+    assert baseline["days"] == 20 and set(baseline["features"]) == set(NUMERIC + CATEGORICAL)
+    for name, bar in baseline["features"].items():
+        scores = []
+        for day in days:
+            values = feature_drift(reference, frame.loc[frame["day"] == day, NUMERIC + CATEGORICAL],
+                                   importance=IMPORTANCE)["features"][name]
+            scores.append(values["drift_score"] / values["threshold"] if values["stattest"] in (
+                "wasserstein", "jensenshannon") else math.log(values["drift_score"]) / math.log(values["threshold"]))
+        assert bar["mean"] == pytest.approx(np.mean(scores), rel=1e-9)
+        assert bar["bar"] == pytest.approx(max(1.0, np.mean(scores) + 3 * np.std(scores, ddof=1)), rel=1e-9)
+    ordinary = [calibrated_drift(feature_drift(reference, flights(200 + i, 500), importance=IMPORTANCE), baseline)
+                for i in range(40)]
+    # New ordinary days stay within the bars of the 20 they were set on.
+    assert np.mean([o["calibrated_drift_share"] == 0.0 for o in ordinary]) >= 0.85
+    # Warmer weather: temp, the most important feature, goes beyond its bar; nothing else does.
+    shifted = calibrated_drift(feature_drift(reference, flights(7, 500, temp_shift=8.0), importance=IMPORTANCE),
+                               baseline)
+    assert [f["feature"] for f in shifted["calibrated_drifted_features"]] == ["temp"]
+    assert shifted["calibrated_drift_share"] == pytest.approx(0.6)
+
+
+def test_the_trigger_counts_calibrated_drift_when_the_history_has_it():
+    today = dt.date(2013, 6, 10)
+    history = [
+        {"date": (today - dt.timedelta(days=i)).isoformat(), "important_drift_share": 0.9,
+         "calibrated_drift_share": share}
+        for i, share in enumerate([0.4, 0.1, 0.25, 0.0, 0.3])
+    ]
+    decision = decide_retrain(TriggerPolicy(), today=today, champion_trained_at="2013-06-01",
+                              last_retrain_requested_at=None, drift_history=history, performance_7d=None)
+    assert decision.fired == ["important_drift"]
+    assert decision.signals["important_drift"]["measure"] == "calibrated_drift_share"
+    assert "beyond its ordinary-day bar >= 0.20 on 3 of the last 5 days" in decision.reasons[0]
+    calmer = [{**r, "calibrated_drift_share": 0.1} if r["calibrated_drift_share"] == 0.25 else r for r in history]
+    assert not decide_retrain(TriggerPolicy(), today=today, champion_trained_at="2013-06-01",
+                              last_retrain_requested_at=None, drift_history=calmer,
+                              performance_7d=None).retrain
 
 
 def test_prediction_drift_detects_a_shifted_score_distribution(training_scores, scored_reference):
