@@ -7,6 +7,7 @@ from assets.features import daily_feature_models, feature_models, feature_skew
 from assets.scoring import predictions
 from assets.training import baseline_model, fallback_model, primary_model, training_set
 from assets.ingestion import raw_key
+from assets.monitoring import feature_drift_asset, performance_asset, prediction_drift_asset
 from assets.partitions import USECASE
 from assets.validation import quarantine_key, validated_key
 
@@ -54,4 +55,12 @@ promote_champion_job = dg.define_asset_job(
     "promote_champion",
     selection=dg.AssetSelection.assets(champion),
     description="Apply the promotion policy, approve a version (approve_version) or roll back.",
+)
+monitor_daily_job = dg.define_asset_job(
+    "monitor_daily",
+    selection=dg.AssetSelection.assets(feature_drift_asset, prediction_drift_asset, performance_asset),
+    description=(
+        "Measure one or more days against the champion's reference: feature drift (with the "
+        "important_feature_drift check and Evidently's report), prediction drift and performance."
+    ),
 )
