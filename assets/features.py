@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
+from assets.automation import daily_refresh, on_upstream_change
 from assets.partitions import USECASE, daily_partitions, partition_dates
 from resources.dbt import dbt_project, ensure_manifest
 from resources.keel_state import KeelState
@@ -31,7 +32,16 @@ class KeelDbtTranslator(DagsterDbtTranslator):
         spec = super().get_asset_spec(manifest, unique_id, project)
         node = manifest.get("nodes", {}).get(unique_id) or manifest.get("sources", {}).get(unique_id, {})
         if node.get("resource_type") in ("model", "seed", "snapshot"):
-            spec = spec.replace_attributes(group_name="features")
+            incremental = node.get("config", {}).get("materialized") == "incremental"
+            spec = spec.replace_attributes(
+                group_name="features",
+                automation_condition=daily_refresh() if incremental else on_upstream_change(_DAILY_UPSTREAM),
+            )
+            if incremental:
+                # An incremental model reads its day of every daily table through the staging
+                # views; saying so lets a newly gated day refresh that day's models, and only
+                # once the day's blocking gates passed.
+                spec = spec.merge_attributes(deps=_DAILY_VALIDATED)
         elif node.get("resource_type") == "source":
             # Sources are the validation layer's tables; audit.gate_status, which only dbt
             # declares, is written by the gates.
@@ -41,6 +51,15 @@ class KeelDbtTranslator(DagsterDbtTranslator):
         return spec
 
 
+# A new day of a daily table refreshes that day's incremental models, never the views and
+# reference tables above them (they read every day lazily); the gate verdicts are written by
+# the gates, not materialized.
+_DAILY_VALIDATED = [dg.AssetKey(["validated", t.name]) for t in USECASE.partitioned_tables]
+_DAILY_UPSTREAM = dg.AssetSelection.assets(
+    *[dg.AssetKey(["validated", t.name]) for t in USECASE.partitioned_tables],
+    *[dg.AssetKey(["raw", t.name]) for t in USECASE.partitioned_tables],
+    dg.AssetKey(["audit", "gate_status"]),
+)
 translator = KeelDbtTranslator()
 _BUILD_ARGS = ["--exclude-resource-type", "unit_test"]
 

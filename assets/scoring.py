@@ -11,6 +11,7 @@ import datetime as dt
 
 import dagster as dg
 
+from assets.automation import daily_refresh
 from assets.evaluation import champion
 from assets.partitions import daily_partitions, partition_dates
 from assets.training import FEATURES_KEY, GROUP, model_spec
@@ -28,6 +29,9 @@ from resources.mlflow import MlflowRegistry
     deps=[champion, FEATURES_KEY],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    # A day is scored once its features passed their checks; a new champion scores the days
+    # to come, it does not rewrite what was served before it.
+    automation_condition=daily_refresh(ignore=dg.AssetSelection.assets(champion)),
 )
 def predictions(context: dg.AssetExecutionContext, keel: KeelState, mlflow: MlflowRegistry) -> dg.MaterializeResult:
     """Disruption scores of each day's scheduled flights (serving.predictions): champion,
