@@ -17,39 +17,53 @@ from resources.dbt import dbt_resource  # noqa: E402
 from assets.evaluation import evaluation_assets  # noqa: E402
 from assets.features import feature_assets, feature_checks  # noqa: E402
 from assets.ingestion import raw_assets  # noqa: E402
+from assets.monitoring import monitoring_assets, monitoring_checks  # noqa: E402
 from assets.scoring import scoring_assets  # noqa: E402
 from assets.training import training_assets  # noqa: E402
 from assets.validation import gate_checks, gate_status, validation_assets  # noqa: E402
 from resources.keel_state import KeelState  # noqa: E402
 from resources.mlflow import MlflowRegistry  # noqa: E402
 from resources.promotion import PromotionPolicy  # noqa: E402
+from resources.retrain import RetrainPolicy  # noqa: E402
 from sensors.jobs import (  # noqa: E402
     build_daily_features_job,
     build_feature_views_job,
     ingest_daily_job,
     ingest_snapshots_job,
+    monitor_daily_job,
     promote_champion_job,
     score_daily_job,
     train_models_job,
 )
 from sensors.landing import landing_zone_sensor  # noqa: E402
+from sensors.retrain import retraining_trigger  # noqa: E402
+
+# Declarative automation: evaluates every asset's AutomationCondition (assets/automation.py).
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "keel_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Refreshes every day downstream of the gates as soon as its upstream day passed.",
+)
 
 defs = dg.Definitions(
     assets=[
         *raw_assets, *validation_assets, gate_status, *feature_assets,
-        *training_assets, *evaluation_assets, *scoring_assets,
+        *training_assets, *evaluation_assets, *scoring_assets, *monitoring_assets,
     ],
-    asset_checks=[*gate_checks, *feature_checks],
+    asset_checks=[*gate_checks, *feature_checks, *monitoring_checks],
     jobs=[
         ingest_daily_job, ingest_snapshots_job, build_feature_views_job, build_daily_features_job,
-        train_models_job, score_daily_job, promote_champion_job,
+        train_models_job, score_daily_job, promote_champion_job, monitor_daily_job,
     ],
-    sensors=[landing_zone_sensor],
+    sensors=[landing_zone_sensor, retraining_trigger, automation_sensor],
     resources={
         "keel": KeelState(),
         "dbt": dbt_resource(),
         "mlflow": MlflowRegistry(),
         "promotion": PromotionPolicy(),
+        "retraining_policy": RetrainPolicy(),
     },
     executor=dg.in_process_executor,
 )

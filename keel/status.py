@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ def _read_only(path: Path, attempts: int = 20):
 def collect(warehouse: Path, start=None, end=None) -> dict:
     """The ``keel status --json`` document (other stages add their own keys; the models come
     from the registry, see :func:`collect_models`)."""
-    doc: dict = {"tables": {}, "checks": [], "predictions": {}}
+    doc: dict = {"tables": {}, "checks": [], "predictions": {}, "monitoring": {}, "retraining": []}
     if not warehouse.exists():
         return doc
     ctx = _read_only(warehouse)
@@ -75,6 +76,34 @@ def collect(warehouse: Path, start=None, end=None) -> dict:
             ).fetchall():
                 counts = doc["predictions"].setdefault(day.isoformat(), {t: 0 for t in TIERS})
                 counts[tier] = int(rows)
+        if {"monitoring.drift_daily", "monitoring.performance"} <= tables:
+            for day, version, share, important, calibrated, drifted, auc, trailing_auc, trailing_rows in con.execute(
+                "select coalesce(d.day, p.day), d.model_version, d.share_drifted, d.important_drift_share, "
+                "d.calibrated_drift_share, "
+                "d.drifted_features, p.roc_auc, p.trailing_roc_auc, p.trailing_rows "
+                "from monitoring.drift_daily d full join monitoring.performance p on p.day = d.day "
+                "where (? is null or coalesce(d.day, p.day) >= ?) and (? is null or coalesce(d.day, p.day) <= ?) "
+                "order by 1",
+                params,
+            ).fetchall():
+                doc["monitoring"][day.isoformat()] = {
+                    "model_version": version,
+                    "share_drifted": share,
+                    "important_drift_share": important,
+                    "calibrated_drift_share": calibrated,
+                    "drifted_features": json.loads(drifted) if drifted else [],
+                    "roc_auc": auc,
+                    "trailing_roc_auc": trailing_auc,
+                    "trailing_rows": trailing_rows,
+                }
+        if "audit.retrain_decisions" in tables:
+            from keel.retraining import decisions
+
+            doc["retraining"] = [
+                {k: d[k] for k in ("day", "retrain", "fired", "blocked_by_cooldown", "reasons",
+                                   "champion_version", "training_window")}
+                for d in decisions(con, start, end)
+            ]
     return doc
 
 
