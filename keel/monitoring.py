@@ -471,7 +471,8 @@ class TriggerPolicy:
     * Performance: trailing AUC below ``min_auc``, once the window holds at least
       ``min_auc_rows`` labelled rows (an AUC on a few rows is noise) and starts on or after
       the day the champion was trained (before it, the window scores its predecessor).
-    * Age: the champion is older than ``max_model_age_days``.
+    * Age: more than ``max_model_age_days`` since the champion's training window ended, or
+      since it was last challenged by a retrain it survived (a later request).
     * Cooldown: no request within ``cooldown_days`` of the previous one, whatever fires.
 
     There is no limit on how often the check runs: :func:`decide_retrain` is a pure
@@ -545,7 +546,7 @@ def decide_retrain(
     signals = {
         "important_drift": _drift_signal(policy, today, trained, drift_history),
         "performance": _performance_signal(policy, performance_7d, trained),
-        "model_age": _age_signal(policy, today, trained),
+        "model_age": _age_signal(policy, today, trained, last_retrain_requested_at),
     }
     cooldown = _cooldown(policy, today, last_retrain_requested_at)
     signals["cooldown"] = cooldown
@@ -643,13 +644,20 @@ def _performance_signal(
     return {**base, "fired": fired, "reason": reason}
 
 
-def _age_signal(policy: TriggerPolicy, today: dt.date, trained: dt.date) -> dict[str, Any]:
-    age = (today - trained).days
+def _age_signal(policy: TriggerPolicy, today: dt.date, trained: dt.date, last_request) -> dict[str, Any]:
+    # A champion that a retrain challenged and kept its place has just been re-validated
+    # against fresh data: its age counts from that challenge, so a champion that keeps
+    # beating new models is not retrained every cooldown for age alone.
+    since, what = trained, "the champion's training window ended"
+    if last_request is not None and _as_date(last_request) > trained:
+        since, what = _as_date(last_request), "the champion was last challenged"
+    age = (today - since).days
     fired = age > policy.max_model_age_days
     relation = ">" if fired else "<="
-    reason = (f"model age: {age} days since {trained.isoformat()} {relation} maximum "
+    reason = (f"model age: {age} days since {what} on {since.isoformat()} {relation} maximum "
               f"{policy.max_model_age_days}: {'fired' if fired else 'not fired'}")
-    return {"fired": fired, "value": age, "threshold": policy.max_model_age_days, "reason": reason}
+    return {"fired": fired, "value": age, "threshold": policy.max_model_age_days, "since": since.isoformat(),
+            "reason": reason}
 
 
 def _cooldown(policy: TriggerPolicy, today: dt.date, last_request) -> dict[str, Any]:

@@ -414,12 +414,25 @@ def test_cooldown_suppresses_a_second_request_and_says_so():
     decision = decide(trained=stale, last_request=dt.date(2013, 4, 6), drift=[0.9] * 5)
 
     assert not decision.retrain and decision.blocked_by_cooldown
-    assert decision.fired == ["important_drift", "model_age"]  # both still reported as fired
+    # Still reported as fired; the champion's age counts from the request 4 days ago.
+    assert decision.fired == ["important_drift"]
     assert decision.reasons[-1] == (
         "suppressed by cooldown: 4 days since the last request on 2013-04-06 < cooldown of 7 days"
     )
     after = decide(trained=stale, last_request=dt.date(2013, 4, 3), drift=[0.9] * 5)
     assert after.retrain and not after.blocked_by_cooldown
+
+
+def test_a_champion_that_survived_a_challenge_ages_from_that_challenge():
+    trained = dt.date(2013, 2, 1)
+    challenged = decide(trained=trained, last_request=dt.date(2013, 3, 20), drift=[0.0] * 5)
+    assert not challenged.retrain
+    age = challenged.signals["model_age"]
+    assert (age["value"], age["since"]) == ((TODAY - dt.date(2013, 3, 20)).days, "2013-03-20")
+    assert "since the champion was last challenged on 2013-03-20" in age["reason"]
+    unchallenged = decide(trained=trained, last_request=None, drift=[0.0] * 5)
+    assert unchallenged.fired == ["model_age"]
+    assert "since the champion's training window ended on 2013-02-01" in unchallenged.signals["model_age"]["reason"]
 
 
 def test_cooldown_without_a_signal_blocks_nothing():
