@@ -422,6 +422,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                 totals[tier] = totals.get(tier, 0) + n
         print(f"predictions: {sum(totals.values()):,} rows over {len(doc['predictions'])} days: "
               + ", ".join(f"{tier} {n:,}" for tier, n in totals.items()))
+    if doc["monitoring"]:
+        from keel.monitoring import TriggerPolicy
+
+        bar = TriggerPolicy().calibrated_drift_share
+        days = doc["monitoring"]
+        drifted = [d for d, m in days.items() if (m["calibrated_drift_share"] or 0) >= bar]
+        last_day, last = max(days.items())
+        auc = last["trailing_roc_auc"]
+        print(f"monitoring: {len(days)} days, {len(drifted)} drifted beyond their ordinary-day bars; "
+              f"{last_day}: trailing 7-day AUC " + ("-" if auc is None else f"{auc:.4f}"))
+    if doc["retraining"]:
+        requests = [d for d in doc["retraining"] if d["retrain"]]
+        print(f"retraining trigger: {len(doc['retraining'])} daily decisions, {len(requests)} retrain(s) requested")
+        for d in requests[-5:]:
+            print(f"  {d['day']} retrain ({', '.join(d['fired'])}): {d['reasons'][0]}")
     return 0
 
 
@@ -618,6 +633,55 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from keel.settings import keel_home
+    from keel.simulate import SimulationConfig, report_lines, simulate
+
+    usecase = load_usecase()
+    start = args.start or usecase.start
+    end = args.end or usecase.end
+    warmup_end = args.warmup_end or min(end - dt.timedelta(days=1), _month_end(start, 3))
+    home = Path(args.home) if args.home else keel_home() / "simulations" / f"{start}_{end}_{args.step}"
+    try:
+        usecase.days(start, end)
+        config = SimulationConfig(
+            start=start, end=end, warmup_end=warmup_end, home=home, step=args.step,
+            tick_days=args.tick_days, evidently_html=args.evidently, threads=_train_threads(args.threads),
+        )
+    except ValueError as exc:
+        print(f"keel simulate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        # Only the JSON document goes to stdout; every log line of the replay (Dagster, dbt,
+        # MLflow, the timeline) goes to stderr, whoever writes it.
+        import contextlib
+
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = simulate(config, out=lambda line: print(line, file=sys.stderr))
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+    else:
+        result = simulate(config)
+    if args.json:
+        print(json.dumps(result, indent=None if args.compact else 2))
+    else:
+        for line in report_lines(result):
+            print(line)
+    return 0
+
+
+def _month_end(start: dt.date, months: int) -> dt.date:
+    """The last day of the ``months``-th month counted from ``start``'s."""
+    year, month = divmod(start.month - 1 + months, 12)
+    return dt.date(start.year + year, month + 1, 1) - dt.timedelta(days=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -665,6 +729,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="rollback", help="why")
     p.add_argument("--actor", help="who rolls back (default: the OS user)")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("simulate", help="replay a period through the sensors and automation on a fast clock")
+    p.add_argument("--start", type=_date, help="first day (default: the calendar's first)")
+    p.add_argument("--end", type=_date, help="last day (default: the calendar's last)")
+    p.add_argument("--step", choices=("day", "week"), default="day",
+                   help="files land one day (or week) per clock step; with week the trigger decides weekly")
+    p.add_argument("--warmup-end", type=_date,
+                   help="last day of the warm-up that trains the first (static) model (default: 3 months)")
+    p.add_argument("--tick-days", type=int, default=28,
+                   help="simulated days between daemon ticks; changes the replay's speed, not its decisions")
+    p.add_argument("--evidently", choices=("always", "drifted", "never"), default="drifted",
+                   help="write Evidently's HTML drift report for every day, drifted days only, or never")
+    p.add_argument("--threads", type=int, help="LightGBM threads (default: KEEL_TRAIN_THREADS, else 1)")
+    p.add_argument("--home", help="the replay's Keel home (default: $KEEL_HOME/simulations/START_END_STEP)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--compact", action="store_true", help="with --json: one line")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("dev", help="open the Dagster UI on this deployment (dagster dev)")
     p.add_argument("--host", default="127.0.0.1")
