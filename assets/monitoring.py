@@ -18,7 +18,6 @@ version), ``reports/feature_drift/<day>.html`` and ``plots/``.
 
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from assets.training import FEATURES_KEY, LABELS_KEY, model_spec
 from keel import evaluation as ev
 from keel import monitoring_store as store
 from keel.datasets import build_training_set, feature_rows, relation
+from keel.landing import write_atomically
 from keel.monitoring import (
     TRAILING_DAYS,
     TriggerPolicy,
@@ -50,7 +50,7 @@ from keel.monitoring import (
     prediction_drift,
 )
 from keel.promotion import alias_or_none, registered_names
-from keel.scoring import SERVING_DDL
+from keel.scoring import ensure_serving
 from keel.settings import offline_environment
 from keel.spec import ModelSpec
 from keel.warehouse import ident
@@ -80,15 +80,6 @@ def monitoring_dir(keel: KeelState) -> Path:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def _write_atomically(path: Path, write) -> Path:
-    """``write(temporary path)``, then rename it to ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    write(scratch)
-    os.replace(scratch, path)
-    return path
 
 
 def _features(spec: ModelSpec) -> tuple[list[str], list[str]]:
@@ -274,8 +265,8 @@ def _build_reference(
         train_only, split.valid[[*features, spec.date_column]], spec.date_column, importance=importance
     )
     sample = frame[features].sample(n=min(SAMPLE_ROWS, len(frame)), random_state=SAMPLE_SEED)
-    _write_atomically(sample_path, lambda p: sample.reset_index(drop=True).to_parquet(p, index=False))
-    _write_atomically(path, lambda p: p.write_text(json.dumps(data, sort_keys=True) + "\n"))
+    write_atomically(sample_path, sample.reset_index(drop=True).to_parquet(index=False))
+    write_atomically(path, (json.dumps(data, sort_keys=True) + "\n").encode())
     context.log.info(
         f"{name} v{version}: reference of {len(frame):,} rows ({first}..{last}), threshold {threshold:.4f}"
     )
@@ -347,7 +338,7 @@ def evidently_report(
         current_data=Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
         reference_data=Dataset.from_pandas(reference_sample[columns], data_definition=definition),
     )
-    _write_atomically(path, lambda p: snapshot.save_html(str(p)))
+    write_atomically(path, snapshot.get_html_str(as_iframe=False).encode("utf-8"))
     return time.perf_counter() - started
 
 
@@ -616,8 +607,7 @@ def _drift_checks(
 
 
 def _served(con, first: dt.date, last: dt.date) -> pd.DataFrame:
-    for statement in SERVING_DDL:
-        con.execute(statement)
+    ensure_serving(con)
     return con.execute(
         "select flight_date, score, tier, model_name, model_version from serving.predictions "
         "where flight_date between ? and ? order by flight_date, flight_id",
@@ -736,8 +726,7 @@ def prediction_drift_asset(context: dg.AssetExecutionContext, keel: KeelState, m
 
 def labelled_predictions(con, spec: ModelSpec, first: dt.date, last: dt.date) -> pd.DataFrame:
     """Served scores of ``first..last`` joined with their labels (unlabelled rows left out)."""
-    for statement in SERVING_DDL:
-        con.execute(statement)
+    ensure_serving(con)
     key, label = ident(spec.key), ident(spec.label)
     return con.execute(
         f"select predictions.flight_date, predictions.score, predictions.model_name, "

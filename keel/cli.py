@@ -10,9 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keel.settings import PROJECT_ROOT, load_usecase, prepare_environment
+from keel.settings import PROJECT_ROOT, load_usecase, prepare_environment, range_tags
 
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def _date(text: str) -> dt.date:
@@ -94,7 +93,7 @@ def run_pipeline(start: dt.date, end: dt.date, out=None, train_threads: int | No
         defs.resolve_job_def("ingest_snapshots").execute_in_process(instance=instance, raise_on_error=False),
         defs.resolve_job_def("ingest_daily").execute_in_process(
             instance=instance, raise_on_error=False,
-            tags={RANGE_START: days[0].isoformat(), RANGE_END: days[-1].isoformat()},
+            tags=range_tags(days[0], days[-1]),
         ),
     ]
 
@@ -107,7 +106,7 @@ def run_pipeline(start: dt.date, end: dt.date, out=None, train_threads: int | No
     for first, last in contiguous_ranges(days_passed):
         results.append(defs.resolve_job_def("build_daily_features").execute_in_process(
             instance=instance, raise_on_error=False,
-            tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+            tags=range_tags(first, last),
         ))
     feature_results = results[2:]
     models = None
@@ -206,7 +205,6 @@ def _run_models(defs, instance, paths, usecase, days, days_passed, train_threads
     """Train on every gated, labelled day of the run's range, then score the gated days."""
     from keel.datasets import labelled_days, split_weeks
     from keel.promotion import alias_or_none, registered_names
-    from keel.tracking import location, open_registry
     from keel.warehouse import connect
     from sensors.landing import contiguous_ranges
 
@@ -241,11 +239,8 @@ def _run_models(defs, instance, paths, usecase, days, days_passed, train_threads
         runs.results.append(training)
         runs.lines += _training_summary(training)
 
-    where = location(paths)
-    champion = None
-    if where.exists():
-        registry = open_registry(where)
-        champion = alias_or_none(registry, names["primary"], registry.CHAMPION)
+    registry = _registry_or_none(paths)
+    champion = None if registry is None else alias_or_none(registry, names["primary"], registry.CHAMPION)
     if champion is None:
         runs.lines.append("  scoring skipped: no champion model yet")
         return runs
@@ -253,7 +248,7 @@ def _run_models(defs, instance, paths, usecase, days, days_passed, train_threads
     for first, last in contiguous_ranges(days_passed):
         result = defs.resolve_job_def("score_daily").execute_in_process(
             instance=instance, raise_on_error=False,
-            tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+            tags=range_tags(first, last),
         )
         runs.results.append(result)
         scored.append(result)
@@ -280,13 +275,11 @@ def _champion_trained_on_the_same(paths, spec, names, days, weeks) -> int | None
     from keel.datasets import build_training_set
     from keel.lineage import code_lineage
     from keel.promotion import alias_or_none
-    from keel.tracking import location, open_registry
     from keel.warehouse import connect
 
-    where = location(paths)
-    if not where.exists():
+    registry = _registry_or_none(paths)
+    if registry is None:
         return None
-    registry = open_registry(where)
     champion = alias_or_none(registry, names["primary"], registry.CHAMPION)
     if champion is None:
         return None
@@ -443,12 +436,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _models_status(paths) -> dict:
     from keel.promotion import registered_names
     from keel.status import collect_models
-    from keel.tracking import location, open_registry
 
-    where = location(paths)
-    if not where.exists():
+    registry = _registry_or_none(paths)
+    if registry is None:
         return {}
-    return collect_models(open_registry(where), list(registered_names(load_usecase().name).values()))
+    return collect_models(registry, list(registered_names(load_usecase().name).values()))
 
 
 def _model_ref(text: str, names: dict[str, str]) -> tuple[str, str]:
@@ -461,14 +453,23 @@ def _model_ref(text: str, names: dict[str, str]) -> tuple[str, str]:
     return names["primary"], text
 
 
-def _open_registry(paths, command: str):
+def _registry_or_none(paths):
+    """``keel.registry`` on the configured store, or None while no model was ever registered
+    there (opening a local store would create it)."""
     from keel.tracking import location, open_registry
 
     where = location(paths)
-    if not where.exists():
-        print(f"keel {command}: no model registry at {where.tracking_uri} yet; run: keel run", file=sys.stderr)
-        return None
-    return open_registry(where)
+    return open_registry(where) if where.exists() else None
+
+
+def _open_registry(paths, command: str):
+    registry = _registry_or_none(paths)
+    if registry is None:
+        from keel.tracking import location
+
+        print(f"keel {command}: no model registry at {location(paths).tracking_uri} yet; run: keel run",
+              file=sys.stderr)
+    return registry
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from keel.drift import FeatureDrift, ReferenceProfile, compare
-from keel.evaluation import brier, log_loss, roc_auc
+from keel.evaluation import _save, brier, log_loss, roc_auc
 
 REFERENCE_FORMAT = "keel.monitoring.reference/1"
 SCORE_COLUMN = "score"
@@ -782,13 +782,6 @@ def _figure(width: float, height: float):
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
-
-
-def _save(figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return path
 
 
 def _date_numbers(days: Sequence[dt.date]) -> np.ndarray:

@@ -28,11 +28,10 @@ import duckdb
 import pandas as pd
 
 from keel.monitoring import TriggerPolicy
+from keel.warehouse import table_exists
 
 SCHEMA = "monitoring"
 
-IMPORTANT_DRIFT_SHARE = TriggerPolicy().important_drift_share
-"""The importance-weighted drifted share Keel reports beside the calibrated measure."""
 CALIBRATED_DRIFT_SHARE = TriggerPolicy().calibrated_drift_share
 """The share of the model's importance in features beyond their own ordinary-day bar
 (``keel.monitoring.calibrated_drift``) at or above which a day counts as drifted: the
@@ -242,11 +241,8 @@ def write_reference(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> N
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether a monitoring table exists; readers create nothing, so that a read-only
     connection (``keel status``, a notebook) can ask before any monitoring ran."""
-    (found,) = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [SCHEMA, _table(name).split(".")[1]],
-    ).fetchone()
-    return bool(found)
+    _table(name)  # a known monitoring table
+    return table_exists(con, SCHEMA, name)
 
 
 def _records(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -338,7 +334,10 @@ def trailing_performance(con: duckdb.DuckDBPyConnection, day: dt.date) -> dict[s
     )
     if not rows:
         return None
-    row = rows[-1]
+    return _trailing(rows[-1])
+
+
+def _trailing(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "start": row["trailing_start"].isoformat(),
         "end": row["trailing_end"].isoformat(),
@@ -368,7 +367,7 @@ def performance_history(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             "brier": row["brier"],
             "positive_rate": row["positive_rate"],
             "mean_predicted": row["mean_predicted"],
-            "trailing": trailing_performance(con, row["day"]),
+            "trailing": _trailing(row),
         }
         for row in rows
     ]

@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from keel.monitoring import Decision, TriggerPolicy, decide_retrain
+from keel.warehouse import table_exists
 
 DECISIONS_DDL = [
     "create schema if not exists audit",
@@ -81,13 +82,6 @@ def days_to_decide(
     return days
 
 
-def last_request(con: duckdb.DuckDBPyConnection) -> dt.date | None:
-    if not _exists(con):
-        return None
-    (day,) = con.execute("select max(day) from audit.retrain_decisions where retrain").fetchone()
-    return day
-
-
 def decide(
     con: duckdb.DuckDBPyConnection, settings: RetrainSettings, champion: Champion, day: dt.date
 ) -> Decision:
@@ -111,7 +105,8 @@ def decide(
 
 
 def _request_before(con: duckdb.DuckDBPyConnection, day: dt.date) -> dt.date | None:
-    ensure_table(con)
+    if not _exists(con):
+        return None
     (value,) = con.execute(
         "select max(day) from audit.retrain_decisions where retrain and day < ?", [day]
     ).fetchone()
@@ -148,10 +143,7 @@ def record(
 
 
 def _exists(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'audit' "
-        "and table_name = 'retrain_decisions'"
-    ).fetchone()[0])
+    return table_exists(con, "audit", "retrain_decisions")
 
 
 def decisions(con: duckdb.DuckDBPyConnection, start: dt.date | None = None, end: dt.date | None = None) -> list[dict[str, Any]]:

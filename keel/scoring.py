@@ -152,10 +152,14 @@ def _score_with(tier: Tier, frame: pd.DataFrame, rows_of_day: Mapping[dt.date, n
     return scored
 
 
-def write_predictions(con: duckdb.DuckDBPyConnection, predictions: pd.DataFrame, days: Sequence[dt.date]) -> None:
-    """Replace ``days`` of serving.predictions with ``predictions``, in one transaction."""
+def ensure_serving(con: duckdb.DuckDBPyConnection) -> None:
     for statement in SERVING_DDL:
         con.execute(statement)
+
+
+def write_predictions(con: duckdb.DuckDBPyConnection, predictions: pd.DataFrame, days: Sequence[dt.date]) -> None:
+    """Replace ``days`` of serving.predictions with ``predictions``, in one transaction."""
+    ensure_serving(con)
     rows = predictions[list(PREDICTION_COLUMNS)].astype({"model_version": "int32"})
     con.execute("begin transaction")
     try:

@@ -11,6 +11,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The tags of one run over a range of daily partitions (Dagster's single-run backfill).
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def range_tags(first, last) -> dict[str, str]:
+    """Run tags that make one run cover the daily partitions ``first..last`` (dates)."""
+    return {RANGE_START: first.isoformat(), RANGE_END: last.isoformat()}
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_USECASE = "usecases.flights"
 

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keel.settings import range_tags
+
 MARKER = ".keel-simulation"
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 MAX_AUTOMATION_TICKS = 8
 
 
@@ -87,7 +88,6 @@ class _State:
     automation_cursor: Any = None
     runs: int = 0
     events: list[Event] = field(default_factory=list)
-    processed_through: dt.date | None = None
     failed_checks: list[dict[str, Any]] = field(default_factory=list)  # of every run executed
 
 
@@ -148,7 +148,7 @@ def simulate(config: SimulationConfig, out: Callable[[str], None] = print) -> di
 
     from resources.retrain import RetrainPolicy
 
-    state = _State(processed_through=config.warmup_end)
+    state = _State()
     policy = RetrainPolicy(decide_every_days=7 if config.step == "week" else 1, num_threads=config.threads)
     runner = SimulatedDaemon(
         defs, instance, retraining_policy=policy, evidently_html=config.evidently_html, out=out, state=state
@@ -208,11 +208,12 @@ class SimulatedDaemon:
     # -- one daemon tick ------------------------------------------------------------------
 
     def tick(self, through: dt.date) -> None:
+        # The sensors' clock is the data's (the files that landed, the days monitored); only
+        # the automation conditions read the time, which is the simulated one.
         now = self._clock(through)
-        self._landing(now)
+        self._landing()
         self._automation(now)
         self._retraining(now, through)
-        self.state.processed_through = through
 
     def _clock(self, day: dt.date) -> dt.datetime:
         """The simulated time of a tick: the morning after the last landed day, in the
@@ -224,15 +225,15 @@ class SimulatedDaemon:
         zone = zoneinfo.ZoneInfo(load_usecase().timezone)
         return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(6, 0), tzinfo=zone)
 
-    def _sensor(self, name: str, cursor: str | None, now: dt.datetime):
+    def _sensor(self, name: str, cursor: str | None):
         sensor = self.defs.resolve_sensor_def(name)
         context = self.dg.build_sensor_context(
             instance=self.instance, cursor=cursor, resources=self.resources, definitions=self.defs
         )
         return sensor.evaluate_tick(context)
 
-    def _landing(self, now: dt.datetime) -> None:
-        data = self._sensor("landing_zone_sensor", self.state.landing_cursor, now)
+    def _landing(self) -> None:
+        data = self._sensor("landing_zone_sensor", self.state.landing_cursor)
         self.state.landing_cursor = data.cursor
         for request in data.run_requests or []:
             self._execute_job(request.job_name, tags=request.tags, run_config=request.run_config)
@@ -259,7 +260,7 @@ class SimulatedDaemon:
 
     def _retraining(self, now: dt.datetime, through: dt.date) -> None:
         while True:
-            data = self._sensor("retraining_trigger", self.state.retrain_cursor, now)
+            data = self._sensor("retraining_trigger", self.state.retrain_cursor)
             self.state.retrain_cursor = data.cursor or self.state.retrain_cursor
             requests = data.run_requests or []
             if not requests:
@@ -289,9 +290,9 @@ class SimulatedDaemon:
             ).fetchone()
         if scored is None:
             return
-        self._execute_job("score_daily", tags={RANGE_START: first.isoformat(), RANGE_END: scored.isoformat()})
+        self._execute_job("score_daily", tags=range_tags(first, scored))
         self._execute_job(
-            "monitor_daily", tags={RANGE_START: first.isoformat(), RANGE_END: scored.isoformat()},
+            "monitor_daily", tags=range_tags(first, scored),
             run_config=self._monitoring_config(["monitoring__feature_drift"]),
         )
 
@@ -334,7 +335,7 @@ class SimulatedDaemon:
             self.state.runs += 1
             self._note(self.asset_job.execute_in_process(
                 instance=self.instance, raise_on_error=False, asset_selection=keys, run_config=run_config,
-                tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+                tags=range_tags(first, last),
             ))
 
     def _champion(self) -> int | None:

@@ -77,6 +77,16 @@ def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
         con.close()
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether ``schema.table`` exists; asks without creating anything, so a read-only
+    connection can ask too."""
+    (found,) = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(found)
+
+
 def ensure_tables(con: duckdb.DuckDBPyConnection, specs: list[TableSpec]) -> None:
     for schema in ("raw", "validated", "quarantine", "audit"):
         con.execute(f"create schema if not exists {schema}")

@@ -17,10 +17,10 @@ import duckdb
 
 from sensors.jobs import ingest_daily_job, ingest_snapshots_job
 from keel.landing import scan
+from keel.settings import range_tags
 from keel.warehouse import connect
 from resources.keel_state import KeelState
 
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def contiguous_ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
@@ -117,7 +117,7 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, keel: KeelState) ->
             dg.RunRequest(
                 job_name=ingest_daily_job.name,
                 run_key=f"days:{first}:{last}:{digest}",
-                tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+                tags=range_tags(first, last),
             )
         )
     if requests:
