@@ -61,3 +61,16 @@ def test_simulate_refuses_to_clear_a_folder_it_did_not_create(tmp_path, monkeypa
         main(["simulate", "--start", "2013-01-01", "--end", "2013-03-10", "--warmup-end", "2013-02-10",
               "--home", str(target)])
     assert (target / "warehouse.duckdb").read_text() == "not yours"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--start", "2013-03-01", "--end", "2013-03-20"], "at least 5 weeks"),
+    (["--start", "2013-01-01", "--end", "2014-02-01"], "outside"),
+    (["--start", "2013-01-01", "--end", "2013-06-30", "--warmup-end", "2013-07-15"], "must end inside"),
+])
+def test_simulate_refuses_a_period_it_cannot_replay_with_exit_2_and_a_reason(tmp_path, monkeypatch, capsys,
+                                                                            argv, words):
+    monkeypatch.setenv("KEEL_HOME", str(tmp_path / "keel"))
+    assert main(["simulate", *argv]) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "keel" / "simulations").exists(), "nothing was written"
