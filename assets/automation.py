@@ -16,33 +16,49 @@ which the blocking feature checks stop the steps below them.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import dagster as dg
 
 AC = dg.AutomationCondition
 
-# How far back a day still refreshes by itself. Days that land late (a held-back file, a
-# backlog after an outage) flow if they are within this window of the latest day; older
-# history is left as it was served and is rebuilt deliberately (keel run, a backfill).
-CATCH_UP = dt.timedelta(days=60)
-
 
 def daily_refresh(ignore: dg.AssetSelection | None = None) -> dg.AutomationCondition:
-    """Eager for a day-partitioned asset, over the catch-up window rather than only the latest
-    day.
+    """Eager for a day-partitioned asset, on every day of the calendar whose upstream day
+    was updated, however late it landed.
 
-    ``ignore`` names upstream assets whose updates must not refresh old days: a new champion
-    scores the days to come, it does not rewrite what was served before it.
+    No time window: Dagster measures ``in_latest_time_window`` from the partitions' last
+    window (or the clock), not from the newest day that landed, so a calendar of past days
+    (2013 in the demo) never qualified under the real daemon and a landed day stopped at
+    ingestion. Old days refresh only when their own upstream day changes: ``ignore`` names
+    upstream assets whose updates must not refresh every day (a new champion scores the days
+    to come, it does not rewrite what was served before it; a rebuilt view does not rebuild
+    the history that read it).
     """
     condition = (
-        AC.in_latest_time_window(CATCH_UP)
-        & (AC.newly_missing() | AC.any_deps_updated()).since_last_handled()
+        (AC.newly_missing() | AC.any_deps_updated()).since_last_handled()
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
     ).with_label("daily_refresh")
     return condition.ignore(ignore) if ignore is not None else condition
+
+
+def with_its_asset() -> dg.AutomationCondition:
+    """For an asset check: requested whenever automation requests its asset, so it runs in
+    the same run (a blocking check still stops the steps below it), and never on its own.
+
+    Without a condition of its own a check is left out of the runs that automation launches
+    for one partition: under the daemon a day that landed alone was built, scored and
+    monitored without one feature check, dbt test or skew check."""
+    return AC.any_deps_match(AC.will_be_requested()).with_label("with_its_asset")
+
+
+def checked_with_its_asset(spec: dg.AssetCheckSpec) -> dg.AssetCheckSpec:
+    """``spec`` with the ``with_its_asset`` condition (for specs built elsewhere, such as dbt's)."""
+    return dg.AssetCheckSpec(
+        spec.name, asset=spec.asset_key, description=spec.description,
+        additional_deps=spec.additional_deps, blocking=spec.blocking, metadata=spec.metadata,
+        automation_condition=with_its_asset(), partitions_def=spec.partitions_def,
+    )
 
 
 def on_upstream_change(ignore: dg.AssetSelection | None = None) -> dg.AutomationCondition:

@@ -2,14 +2,16 @@
 
 ``models/evaluation_report`` scores the challenger beside the champion, the fallback and the
 baseline on the same holdout (the training set's test weeks) and carries the promotion gates
-as blocking asset checks (``keel.promotion``). A failed gate stops ``models/champion`` in the
+as blocking asset checks (``keel.registry.promotion``). A failed gate stops ``models/champion`` in the
 same run, and is recorded on the model version, so that no later approval can promote it.
 
 ``models/champion`` applies the promotion policy: ``auto`` promotes a challenger whose gates
 all passed; ``manual`` waits for a person, who approves a version by materializing this asset
 with ``approve_version`` (or ``keel approve``). ``rollback: true`` (or ``keel rollback``)
-restores the previous champion. Promotion moves the ``champion`` alias of the primary model
-and of the fallback and baseline trained with it; the former champion stays as ``previous``.
+restores the previous champion set. Promotion moves the primary model with the fallback and
+baseline trained beside it, as one recorded transaction (``keel.registry.model_set``): the
+former set stays as ``previous``, and a move a killed run left halfway is finished before
+anything else happens here.
 """
 
 
@@ -19,23 +21,23 @@ from typing import Any
 
 import dagster as dg
 
-from assets.training import GROUP, baseline_model, fallback_model, model_spec, primary_model
-from keel.datasets import TrainingSet
-from keel.promotion import (
+from assets.checks import record as record_checks
+from assets.training import (
+    GROUP, baseline_model, fallback_model, load_training_set, model_spec, primary_model, registered_in_run,
+)
+from keel.registry.model_set import candidate_versions, champion_set, load_candidates, promote_set, recover, rollback_set
+from keel.registry.promotion import (
     GATE_DESCRIPTIONS,
     GATES,
     alias_or_none,
     evaluate_gates,
     gate_verdict,
-    promote_set,
     record_verdicts,
     registered_names,
-    rollback_set,
 )
-from keel.report import build_report, report_markdown, thumbnail_data_uri, write_report
+from keel.ml.report import build_report, report_markdown, thumbnail_data_uri, write_report
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
-from resources.promotion import PromotionPolicy
 
 REPORT_KEY = dg.AssetKey(["models", "evaluation_report"])
 
@@ -51,46 +53,37 @@ REPORT_KEY = dg.AssetKey(["models", "evaluation_report"])
     ],
 )
 def evaluation_report(
-    context: dg.AssetExecutionContext, keel: KeelState, mlflow: MlflowRegistry, promotion: PromotionPolicy
+    context: dg.AssetExecutionContext, keel: KeelState, mlflow: MlflowRegistry
 ) -> dg.MaterializeResult:
     """The challenger beside the champion, the fallback and the baseline on the same holdout:
     ROC AUC, PR AUC, log loss, Brier, calibration (curve, ECE), precision and recall per class
     at the threshold chosen on validation, the same per slice, and scoring latency. Plots and
     tables are stored with the challenger's MLflow run; the promotion gates are its checks."""
     spec = model_spec(keel)
-    registry = mlflow.open(keel.paths)
+    registry = mlflow.open()
     names = registered_names(keel.usecase.name)
+    promotion = keel.deployment.promotion
     gates = promotion.gates
-    challenger = alias_or_none(registry, names["primary"], registry.CHALLENGER)
+    # The versions this run registered; the challenger alias only when the report is
+    # materialized on its own, after a run that trained.
+    dagster_run = context.run.run_id
+    challenger = registered_in_run(registry, names["primary"], dagster_run) or alias_or_none(
+        registry, names["primary"], registry.CHALLENGER)
     if challenger is None:
         raise dg.Failure(f"{names['primary']} has no challenger: materialize models/primary_model first")
-    champion = alias_or_none(registry, names["primary"], registry.CHAMPION)
-    versions: dict[str, int | None] = {"challenger": challenger, "champion": champion if champion != challenger else None}
+    versions = candidate_versions(registry, names, challenger)
     for kind in ("fallback", "baseline"):
-        versions[kind] = alias_or_none(registry, names[kind], registry.CHALLENGER) or alias_or_none(
-            registry, names[kind], registry.CHAMPION
-        )
-    models, errors = {}, {}
-    for candidate, version in versions.items():
-        if version is None:
-            continue
-        name = names["primary"] if candidate in ("challenger", "champion") else names[candidate]
-        try:
-            models[candidate] = registry.load(name, version)
-        except Exception as exc:  # a missing reference fails the gates that need it, saying why
-            if candidate == "challenger":
-                raise
-            errors[candidate] = f"{name} v{version} failed to load: {type(exc).__name__}: {exc}"
-            context.log.error(errors[candidate])
-    if versions["baseline"] is None:
-        errors["baseline"] = f"{names['baseline']} has no version: materialize models/baseline_model"
+        versions[kind] = registered_in_run(registry, names[kind], dagster_run) or versions[kind]
+    models, errors = load_candidates(registry, names, versions)
+    for error in errors.values():
+        context.log.error(error)
 
-    training = TrainingSet.load(keel.paths.models / "training_set")
+    training = load_training_set(context, keel)
     split = training.split(spec)
     report, predictions = build_report(
         split, spec, models, versions, slice_min_rows=gates.slice_min_rows, errors=errors
     )
-    report["policy"] = {"gates": gates.to_dict(), "promotion": promotion.resolved_policy}
+    report["policy"] = {"gates": gates.to_dict(), "promotion": promotion.policy}
     results = evaluate_gates(report, gates)
     record_verdicts(registry, names["primary"], challenger, results, versions["champion"])
 
@@ -123,19 +116,18 @@ def evaluation_report(
             metadata[f"{candidate}_roc_auc"] = result["roc_auc"]
     metadata["challenger_ece"] = candidates["challenger"]["ece"]
     metadata["challenger_single_row_us_p95"] = report["latency"]["challenger"]["single_row_us_p95"]
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=result.name,
-                passed=result.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=result.message,
-                metadata={"message": result.message, "details": dg.MetadataValue.json(_json(result.metadata))},
-            )
-            for result in results
-        ],
-    )
+    gates = [
+        dg.AssetCheckResult(
+            check_name=result.name,
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=result.message,
+            metadata={"message": result.message, "details": dg.MetadataValue.json(_json(result.metadata))},
+        )
+        for result in results
+    ]
+    record_checks(keel, context, "promotion", gates, asset=REPORT_KEY, blocking=True)
+    return dg.MaterializeResult(metadata=metadata, check_results=gates)
 
 
 def _json(value: Any) -> Any:
@@ -143,7 +135,7 @@ def _json(value: Any) -> Any:
 
 
 class ChampionConfig(dg.Config):
-    policy: str = ""  # "auto" or "manual"; empty: the PromotionPolicy resource's
+    policy: str = ""  # "auto" or "manual" for this run; empty: the deployment's ([promotion] policy)
     approve_version: int = 0  # promote this primary version now (its gates must have passed)
     rollback: bool = False  # restore the previous champion instead
     actor: str = ""  # who approves or rolls back; empty: the OS user
@@ -161,30 +153,33 @@ def champion(
     config: ChampionConfig,
     keel: KeelState,
     mlflow: MlflowRegistry,
-    promotion: PromotionPolicy,
 ) -> dg.MaterializeResult:
-    """The model set serving uses: the primary model's champion alias, with the fallback and
-    baseline trained beside it. Applies the promotion policy (auto: promote a challenger that
+    """The model set serving uses: the committed champion set, the primary model with the
+    fallback and baseline trained beside it. Applies the promotion policy (auto: promote a challenger that
     passed every gate; manual: wait for approve_version); rollback restores the previous one."""
-    registry = mlflow.open(keel.paths)
+    registry = mlflow.open()
     names = registered_names(keel.usecase.name)
-    policy = config.policy or promotion.resolved_policy
+    policy = config.policy or keel.deployment.promotion.policy
     if policy not in ("auto", "manual"):
         raise dg.Failure(f"policy must be auto or manual, got {policy!r}")
     actor = config.actor or getpass.getuser()
-    before = alias_or_none(registry, names["primary"], registry.CHAMPION)
-    challenger = alias_or_none(registry, names["primary"], registry.CHALLENGER)
-    promoted: dict[str, Any] = {}
+    recovered = recover(registry, names)
+    if recovered:
+        context.log.warning(recovered)
+    before = champion_set(registry, names)
+    challenger = registered_in_run(registry, names["primary"], context.run.run_id) or alias_or_none(
+        registry, names["primary"], registry.CHALLENGER)
+    moved = None
     if config.rollback:
         try:
-            promoted = rollback_set(registry, names, actor=actor, note=config.note or "rollback")
+            moved = rollback_set(registry, names, actor=actor, note=config.note or "rollback")
         except LookupError as exc:
             raise dg.Failure(str(exc)) from None
-        decision = f"rolled back from v{before} to v{promoted['primary']['version']} by {actor}: {config.note}"
+        decision = f"rolled back from v{before.primary} to v{moved.primary} by {actor}: {config.note}"
     elif config.approve_version:
         try:
-            promoted = promote_set(registry, names, config.approve_version, actor=actor,
-                                   note=config.note or "approved")
+            moved = promote_set(registry, names, config.approve_version, actor=actor,
+                                note=config.note or "approved")
         except (PermissionError, ValueError) as exc:
             raise dg.Failure(str(exc)) from None
         decision = f"v{config.approve_version} approved by {actor}: {config.note or 'approved'}"
@@ -202,27 +197,26 @@ def champion(
             decision = (f"v{challenger} passed every gate; manual policy: waiting for approval "
                         f"(keel approve {challenger} --note ...)")
         else:
-            promoted = promote_set(
+            moved = promote_set(
                 registry, names, challenger, actor=f"keel auto-promotion (dagster run {context.run.run_id[:8]})",
                 note="every promotion gate passed",
             )
             decision = f"v{challenger} promoted automatically: every gate passed"
     context.log.info(decision)
-    after = alias_or_none(registry, names["primary"], registry.CHAMPION)
+    after = champion_set(registry, names)
     return dg.MaterializeResult(
         metadata={
             "policy": policy,
             "decision": decision,
-            "promoted": bool(promoted) and not config.rollback,
+            "promoted": moved is not None and not config.rollback,
             "rolled_back": bool(config.rollback),
-            "champion_version": after if after is not None else "none",
-            "previous_version": _or_none(alias_or_none(registry, names["primary"], registry.PREVIOUS)),
+            "champion_version": after.primary if after is not None else "none",
+            "previous_version": _or_none((after.previous or {}).get("primary") if after is not None else None),
             "challenger_version": _or_none(alias_or_none(registry, names["primary"], registry.CHALLENGER)),
             "actor": actor if (config.rollback or config.approve_version) else "policy",
             "note": config.note,
-            "model_set": dg.MetadataValue.json({
-                kind: alias_or_none(registry, name, registry.CHAMPION) for kind, name in names.items()
-            }),
+            "model_set": dg.MetadataValue.json(after.versions if after is not None else {}),
+            "recovered": recovered or "",
         }
     )
 

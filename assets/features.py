@@ -2,7 +2,9 @@
 
 Incremental models (the feature mart, the labels and the online lookup tables) are daily
 partitioned and build only their partition window, passed to dbt as ``min_date`` /
-``max_date``; views, tables and seeds are unpartitioned. ``feature_skew`` recomputes a sample
+``max_date``; views, tables and seeds are unpartitioned, except a view tagged ``daily``: it
+reads an incremental model (the labels with their provenance read the labels), so it is
+built with the days, after them. ``feature_skew`` recomputes a sample
 of each day's feature rows through the deployment's online path and fails on any difference.
 """
 
@@ -13,20 +15,27 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from assets.automation import daily_refresh, on_upstream_change
+from assets.automation import checked_with_its_asset, daily_refresh, on_upstream_change, with_its_asset
+from assets.checks import record as record_checks
+from assets.checks import recorded
 from assets.partitions import USECASE, daily_partitions, partition_dates
+from keel.ml.skew import skew_verdict
+from keel.render.tables import frame_table
 from resources.dbt import dbt_project, ensure_manifest
 from resources.keel_state import KeelState
 
 ensure_manifest()
 
-INCREMENTAL = "config.materialized:incremental"
-FEATURES_KEY = dg.AssetKey(["marts", "flight_features"])
+# Built with the days: incremental models, and views over them (tag daily).
+DAILY = "config.materialized:incremental tag:daily"
+# The model's feature mart and labels, as dbt names their assets (schema/table).
+FEATURES_KEY = dg.AssetKey(USECASE.model.features_relation.split(".")) if USECASE.model else None
+LABELS_KEY = dg.AssetKey(USECASE.model.labels_relation.split(".")) if USECASE.model else None
 
 
 class KeelDbtTranslator(DagsterDbtTranslator):
-    """Models keep their schema in the key (``marts/flight_features``); sources map to the
-    ingestion assets (``validated/flights``); everything lands in the ``features`` group."""
+    """Models keep their schema in the key (``marts/<name>``); sources map to the
+    ingestion assets (``validated/<table>``); everything lands in the ``features`` group."""
 
     def get_asset_spec(self, manifest: dict[str, Any], unique_id: str, project) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
@@ -35,7 +44,10 @@ class KeelDbtTranslator(DagsterDbtTranslator):
             incremental = node.get("config", {}).get("materialized") == "incremental"
             spec = spec.replace_attributes(
                 group_name="features",
-                automation_condition=daily_refresh() if incremental else on_upstream_change(_DAILY_UPSTREAM),
+                automation_condition=(
+                    daily_refresh(ignore=self._unpartitioned(manifest, project)) if _daily(node)
+                    else on_upstream_change(_DAILY_UPSTREAM)
+                ),
             )
             if incremental:
                 # An incremental model reads its day of every daily table through the staging
@@ -49,6 +61,27 @@ class KeelDbtTranslator(DagsterDbtTranslator):
                 group_name="validation", description=spec.description or node.get("description")
             )
         return spec
+
+    def get_asset_check_spec(self, asset_spec: dg.AssetSpec, manifest: dict[str, Any], unique_id: str,
+                             project) -> dg.AssetCheckSpec | None:
+        """A dbt test runs whenever automation builds its model (see ``with_its_asset``)."""
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        return None if spec is None else checked_with_its_asset(spec)
+
+    def _unpartitioned(self, manifest: dict[str, Any], project) -> dg.AssetSelection:
+        """The project's views, tables and seeds: a day's incremental models read them, but
+        their rebuild must not rebuild every day of history (see daily_refresh)."""
+        keys = [
+            super(KeelDbtTranslator, self).get_asset_spec(manifest, unique_id, project).key
+            for unique_id, node in manifest.get("nodes", {}).items()
+            if node.get("resource_type") in ("model", "seed", "snapshot") and not _daily(node)
+        ]
+        return dg.AssetSelection.assets(*keys)
+
+
+def _daily(node: dict[str, Any]) -> bool:
+    """Whether a dbt node is built with the days (selected by ``DAILY``)."""
+    return node.get("config", {}).get("materialized") == "incremental" or "daily" in (node.get("tags") or [])
 
 
 # A new day of a daily table refreshes that day's incremental models, never the views and
@@ -67,29 +100,32 @@ _BUILD_ARGS = ["--exclude-resource-type", "unit_test"]
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
-    select=INCREMENTAL,
+    select=DAILY,
     name="daily_feature_models",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     dagster_dbt_translator=translator,
 )
-def daily_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+def daily_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, keel: KeelState) -> Iterator[Any]:
     """Incremental dbt models, built for the run's days only."""
+    # ``keel`` holds the home's writer lock for the run: dbt writes the warehouse too.
     days = partition_dates(context)
     window = {"min_date": days[0].isoformat(), "max_date": days[-1].isoformat()}
-    yield from dbt.cli(["build", "--vars", json.dumps(window), *_BUILD_ARGS], context=context).stream()
+    build = dbt.cli(["build", "--vars", json.dumps(window), *_BUILD_ARGS], context=context).stream()
+    yield from recorded(keel, context, "dbt_test", build)
 
 
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
-    exclude=INCREMENTAL,
+    exclude=DAILY,
     name="feature_models",
     dagster_dbt_translator=translator,
 )
-def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, keel: KeelState) -> Iterator[Any]:
     """Views, tables and seeds of the dbt project (staging, intermediate, reference lookups)."""
-    yield from dbt.cli(["build", *_BUILD_ARGS], context=context).stream()
+    # ``keel`` holds the home's writer lock for the run: dbt writes the warehouse too.
+    yield from recorded(keel, context, "dbt_test", dbt.cli(["build", *_BUILD_ARGS], context=context).stream())
 
 
 # A multi-asset check with one spec: in a range run it yields one evaluation per day, which
@@ -102,6 +138,7 @@ def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> It
             asset=FEATURES_KEY,
             blocking=True,
             partitions_def=daily_partitions,
+            automation_condition=with_its_asset(),
             description=(
                 "Recomputes a sample of each day's feature rows through the online feature path "
                 "and fails if any value differs from the mart (training-serving skew)."
@@ -116,30 +153,27 @@ def feature_skew(context: dg.AssetCheckExecutionContext, keel: KeelState) -> Ite
     check = keel.usecase.feature_skew
     per_day = check(keel.paths.warehouse, days, 25)
     results = [(day, *per_day[day]) for day in days]
+    evaluations = []
     for day, compared, mismatches in results:
-        passed = compared > 0 and mismatches.empty
-        message = (
-            f"{compared} flights recomputed online: every feature equal" if passed
-            else f"no feature rows for {day}" if compared == 0
-            else f"{len(mismatches)} differing values in {mismatches['column'].nunique() if 'column' in mismatches else '?'} "
-                 f"column(s) over {compared} flights"
-        )
+        passed, message = skew_verdict(day, compared, mismatches)
         metadata = {
             "rows_compared": compared,
             "mismatches": len(mismatches),
-            "examples": dg.MetadataValue.md(mismatches.head(10).to_markdown(index=False) if len(mismatches) else "none"),
+            "examples": dg.MetadataValue.md(frame_table(mismatches.head(10)) if len(mismatches) else "none"),
         }
         if len(results) == 1:
-            yield dg.AssetCheckResult(
+            evaluations.append(dg.AssetCheckResult(
                 asset_key=FEATURES_KEY, check_name="feature_skew", passed=passed,
                 description=message, metadata=metadata,
-            )
+            ))
         else:
-            yield dg.AssetCheckEvaluation(
+            evaluations.append(dg.AssetCheckEvaluation(
                 asset_key=FEATURES_KEY, check_name="feature_skew", passed=passed, description=message,
                 blocking=True, metadata=metadata, partition=day.isoformat(),
-            )
+            ))
+    record_checks(keel, context, "feature_skew", evaluations, blocking=True)
+    yield from evaluations
 
 
 feature_assets = [daily_feature_models, feature_models]
-feature_checks = [feature_skew] if USECASE.feature_skew else []
+feature_checks = [feature_skew] if USECASE.feature_skew and FEATURES_KEY else []

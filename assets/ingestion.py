@@ -10,8 +10,8 @@ import hashlib
 import dagster as dg
 
 from assets.partitions import USECASE, daily_partitions, partition_dates
-from keel.ingest import load_partitions, parse_file
-from keel.spec import TableSpec
+from keel.data.ingest import load_partitions, parse_file
+from keel.core.spec import TableSpec
 from resources.keel_state import KeelState
 
 
@@ -29,7 +29,7 @@ def build_raw_asset(spec: TableSpec) -> dg.AssetsDefinition:
         code_version="1",
         description=(
             f"{spec.description} As landed: every value as text, extra columns kept in "
-            "_extra, unparsable lines in raw._unparsed."
+            "_extra, lines that hold no row in raw._unparsed with their bytes and reason."
         ),
     )
     def raw_table(context: dg.AssetExecutionContext, keel: KeelState) -> dg.MaterializeResult:
@@ -45,8 +45,16 @@ def build_raw_asset(spec: TableSpec) -> dg.AssetsDefinition:
             metadata={
                 "files_loaded": sum(f.present for f in files),
                 "files_missing": dg.MetadataValue.json(missing),
+                # Every line of every file, in exactly one of the counts below.
+                "lines": sum(f.lines for f in files),
+                "header_lines": sum(f.header_lines for f in files),
                 "rows_parsed": sum(f.rows_parsed for f in files),
+                "continued_lines": sum(f.continued_lines for f in files),
                 "lines_unparsed": sum(len(f.unparsed) for f in files),
+                "blank_lines": sum(f.blank_lines for f in files),
+                "files_rejected": dg.MetadataValue.json(
+                    {f.source_file: f.read_error for f in files if f.read_error}
+                ),
                 "landing_zone": dg.MetadataValue.path(str(keel.paths.landing / spec.name)),
             },
             data_version=dg.DataVersion(fingerprint),

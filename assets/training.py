@@ -1,9 +1,9 @@
 """Training assets: the training set and the three models, each versioned in MLflow.
 
 ``models/training_set`` reads the labelled feature rows of a window once and writes them as
-Parquet; ``primary_model`` (LightGBM with a small hyperparameter search and early
+Parquet under a folder of its run (``models/training_set/<run id>``); ``primary_model`` (LightGBM with a small hyperparameter search and early
 stopping), ``fallback_model`` (a small LightGBM on a few robust features) and
-``baseline_model`` (the route's trailing disruption rate) train on its time split, register a
+``baseline_model`` (the use case's ModelSpec.baseline_feature) train on its time split, register a
 new version each and give it the alias ``challenger``. Every version carries its lineage:
 window, row counts, training-set hash, dbt manifest, git commit, lock file, parameters and
 the Dagster run id.
@@ -12,26 +12,27 @@ the Dagster run id.
 
 import datetime as dt
 import json
+import shutil
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 
-from assets.partitions import USECASE
-from keel import evaluation as ev
-from keel import modeling
-from keel.datasets import LABEL_CORRUPTIONS, TrainingSet, build_training_set, training_config
-from keel.lineage import code_lineage, model_lineage
-from keel.modeling import Split, TrainedModel
-from keel.promotion import registered_names
-from keel.report import holdout_metrics
-from keel.spec import ModelSpec
+from assets.features import FEATURES_KEY, LABELS_KEY
+from keel.ml import evaluation as ev
+from keel.ml import modeling
+from keel.ml.datasets import LABEL_CORRUPTIONS, TrainingSet, build_training_set, training_config
+from keel.ml.lineage import code_lineage, model_lineage
+from keel.ml.modeling import Split, TrainedModel
+from keel.registry.promotion import RUN_TAG, registered_names
+from keel.ml.report import holdout_metrics
+from keel.core.spec import ModelSpec
+from keel.render.tables import cell, markdown_table
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
 
 GROUP = "models"
-FEATURES_KEY = dg.AssetKey(["marts", "flight_features"])
-LABELS_KEY = dg.AssetKey(["marts", "flight_labels"])
 KEY_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
 
 
@@ -40,13 +41,6 @@ def model_spec(keel: KeelState) -> ModelSpec:
     if spec is None:
         raise dg.Failure(f"use case {keel.usecase.name!r} declares no model (UseCase.model)")
     return spec
-
-
-def _upstream_keys() -> list[dg.AssetKey]:
-    spec = USECASE.model
-    if spec is None:
-        return []
-    return [dg.AssetKey(spec.features_relation.split(".")), dg.AssetKey(spec.labels_relation.split("."))]
 
 
 class TrainingSetConfig(dg.Config):
@@ -61,11 +55,14 @@ class TrainingSetConfig(dg.Config):
     label_corruption: str = "none"
 
 
+TRAINING_SET_KEY = dg.AssetKey(["models", "training_set"])
+
+
 @dg.asset(
-    key=["models", "training_set"],
+    key=TRAINING_SET_KEY,
     group_name=GROUP,
     kinds={"duckdb", "parquet"},
-    deps=_upstream_keys(),
+    deps=[key for key in (FEATURES_KEY, LABELS_KEY) if key],
 )
 def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, keel: KeelState) -> dg.MaterializeResult:
     """Labelled feature rows of the training window, cut into train, validation and test
@@ -81,7 +78,8 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, k
             label_corruption=config.label_corruption,
         )
     built.meta["dagster_run_id"] = context.run.run_id
-    path = built.save(keel.paths.models / "training_set")
+    path = built.save(training_set_dir(keel, context.run.run_id))
+    _keep_recent_training_sets(keel.paths.models / "training_set")
     meta = built.meta
     if meta["label_corruption"] != "none":
         context.log.warning(f"training labels corrupted on purpose ({meta['label_corruption']}): a drill")
@@ -98,15 +96,54 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, k
             "training_set_hash": meta["training_set_hash"],
             "frame_sha256": meta["frame_sha256"],
             "label_corruption": meta["label_corruption"],
-            "split": dg.MetadataValue.md(
-                "| part | first day | last day | rows | positives | rate |\n|---|---|---|---|---|---|\n"
-                + "\n".join(f"| {p} | {a} | {b} | {n:,} | {k:,} | {r:.3f} |" for p, a, b, n, k, r in split_rows)
-            ),
+            "split": dg.MetadataValue.md(markdown_table(
+                ["part", "first day", "last day", "rows", "positives", "rate"], split_rows, digits=3,
+            )),
             "path": dg.MetadataValue.path(str(path)),
             "dagster/row_count": meta["rows"],
         },
         data_version=dg.DataVersion(meta["frame_sha256"][:16]),
     )
+
+
+KEEP_TRAINING_SETS = 3  # recent runs' training sets kept beside the current one's
+
+
+def training_set_dir(keel: KeelState, run_id: str) -> Path:
+    """Where run ``run_id`` writes its training set: each run reads its own, never one that
+    another run wrote to a shared path in the meantime."""
+    return keel.paths.models / "training_set" / run_id
+
+
+def _keep_recent_training_sets(root: Path) -> None:
+    runs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in runs[KEEP_TRAINING_SETS + 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_training_set(context: dg.AssetExecutionContext, keel: KeelState) -> TrainingSet:
+    """This run's training set; in a run that did not build one (a model materialized on its
+    own), the one written by the run that last materialized models/training_set."""
+    own = training_set_dir(keel, context.run.run_id)
+    if own.exists():
+        return TrainingSet.load(own)
+    records = context.instance.fetch_materializations(TRAINING_SET_KEY, limit=1).records
+    if not records:
+        raise dg.Failure("no training set: materialize models/training_set first")
+    path = records[0].asset_materialization.metadata["path"].value
+    return TrainingSet.load(Path(path).parent)
+
+
+def registered_in_run(registry, name: str, run_id: str) -> int | None:
+    """The version of ``name`` that Dagster run ``run_id`` registered, from its lineage tag;
+    None when that run registered none. A run evaluates and promotes its own models, not
+    whatever a moving alias points at when it gets there."""
+    # The registry's own filter language; the name comes from the configuration.
+    found = [
+        int(mv.version) for mv in registry.client().search_model_versions(filter_string=f"name = '{name}'")
+        if mv.tags.get(RUN_TAG) == run_id
+    ]
+    return max(found) if found else None
 
 
 class PrimaryModelConfig(dg.Config):
@@ -131,7 +168,7 @@ def _train_and_register(
     settings: dict[str, Any],
 ) -> dg.MaterializeResult:
     spec = model_spec(keel)
-    training = TrainingSet.load(keel.paths.models / "training_set")
+    training = load_training_set(context, keel)
     split = training.split(spec)
     model = train(split, spec)
     metrics = holdout_metrics(split, spec, model)
@@ -145,7 +182,7 @@ def _train_and_register(
         dagster_run_id=context.run.run_id,
         code=code_lineage(),
     )
-    registry = mlflow.open(keel.paths)
+    registry = mlflow.open()
     name = registered_names(keel.usecase.name)[kind]
     registered = registry.log_and_register(
         model,
@@ -158,7 +195,7 @@ def _train_and_register(
     registry.mark_challenger(name, registered.version)
     test = metrics["test"]
     context.log.info(
-        f"{name} v{registered.version}: test AUC {_number(test['roc_auc'])}, log loss {test['log_loss']:.4f}, "
+        f"{name} v{registered.version}: test AUC {cell(test['roc_auc'])}, log loss {test['log_loss']:.4f}, "
         f"ECE {test['ece']:.4f}; alias challenger"
     )
     metadata: dict[str, Any] = {
@@ -186,20 +223,14 @@ def _train_and_register(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _trials_markdown(trials: list[dict[str, Any]]) -> str:
     names = list(trials[0]["params"])
-    lines = ["| trial | " + " | ".join(names) + " | rounds | valid log loss | valid AUC |",
-             "|---" * (len(names) + 4) + "|"]
-    for t in trials:
-        lines.append(
-            f"| {t['trial']} | " + " | ".join(str(t["params"].get(n)) for n in names)
-            + f" | {t['best_iteration']} | {t['valid_log_loss']:.5f} | {_number(t['valid_roc_auc'])} |"
-        )
-    return "\n".join(lines)
+    # Parameters and rounds as they were set, the log loss to five decimals: written as text.
+    return markdown_table(
+        ["trial", *names, "rounds", "valid log loss", "valid AUC"],
+        [(t["trial"], *(str(t["params"].get(n)) for n in names), str(t["best_iteration"]),
+          f"{t['valid_log_loss']:.5f}", t["valid_roc_auc"]) for t in trials],
+    )
 
 
 @dg.asset(
@@ -211,7 +242,7 @@ def _trials_markdown(trials: list[dict[str, Any]]) -> str:
 def primary_model(
     context: dg.AssetExecutionContext, config: PrimaryModelConfig, keel: KeelState, mlflow: MlflowRegistry
 ) -> dg.MaterializeResult:
-    """The primary LightGBM classifier of flight disruption on every feature: a small
+    """The primary LightGBM classifier of the use case's label on every feature: a small
     hyperparameter search (each trial logged), early stopping on validation log loss,
     registered in MLflow as LightGBM text with the alias challenger."""
     params = json.loads(config.params_json) if config.params_json else None
@@ -236,7 +267,7 @@ def primary_model(
 def fallback_model(
     context: dg.AssetExecutionContext, config: FallbackModelConfig, keel: KeelState, mlflow: MlflowRegistry
 ) -> dg.MaterializeResult:
-    """A small LightGBM on a few robust features (schedule and the route's history), served
+    """A small LightGBM on a few robust features (ModelSpec.fallback_features), served
     when the primary model cannot be loaded or fails."""
 
     def train(split: Split, spec: ModelSpec) -> TrainedModel:
@@ -254,8 +285,8 @@ def fallback_model(
     deps=[training_set],
 )
 def baseline_model(context: dg.AssetExecutionContext, keel: KeelState, mlflow: MlflowRegistry) -> dg.MaterializeResult:
-    """The business-rule baseline: a flight is as likely to be disrupted as its route was
-    over the trailing 28 days. The bar every model must clear, and the last serving tier."""
+    """The business-rule baseline: the use case's baseline feature, already a probability
+    of the label, served as the score. The bar every model must clear, and the last serving tier."""
     return _train_and_register(context, "baseline", keel, mlflow, modeling.train_baseline, {})
 
 

@@ -16,16 +16,15 @@ year-long backfill (see bench/bench_ingest.py).
 """
 
 
-import datetime as dt
 from collections.abc import Iterator
 
 import dagster as dg
 
 from assets.ingestion import raw_key
 from assets.partitions import USECASE, daily_partitions, partition_dates
-from keel.contract import validate_partitions
-from keel.gates import DAILY_GATES, GATE_DESCRIPTIONS, SNAPSHOT_GATES, evaluate_partitions
-from keel.spec import TableSpec
+from keel.data.contract import validate_partitions
+from keel.data.gates import DAILY_GATES, GATE_DESCRIPTIONS, SNAPSHOT_GATES, evaluate_partitions, gate_thresholds
+from keel.core.spec import TableSpec
 from resources.keel_state import KeelState
 
 
@@ -68,22 +67,33 @@ def build_validation_asset(spec: TableSpec) -> dg.AssetsDefinition:
     )
     def validate(context: dg.AssetExecutionContext, keel: KeelState) -> Iterator[dg.MaterializeResult]:
         days = partition_dates(context) if spec.partitioned else [None]
+        usecase = keel.usecase  # the deployment's: its tables carry the effective thresholds
         with keel.warehouse() as con:
-            stats = validate_partitions(con, keel.usecase, spec, days)
+            stats = validate_partitions(con, usecase, usecase.table(spec.name), days)
         landed = sum(s.landed for s in stats.values())
         valid = sum(s.valid for s in stats.values())
         quarantined = sum(s.quarantined for s in stats.values())
+        unparsed = sum(s.unparsed for s in stats.values())
         rules: dict[str, int] = {}
         for s in stats.values():
             for rule, n in s.rule_counts.items():
                 rules[rule] = rules.get(rule, 0) + n
-        context.log.info(f"{spec.name}: {landed} rows landed, {valid} valid, {quarantined} quarantined")
+        context.log.info(
+            f"{spec.name}: {landed} rows landed, {valid} valid, {quarantined} quarantined, "
+            f"{unparsed} lines unparsed"
+        )
         yield dg.MaterializeResult(
             asset_key=validated_key(spec.name),
             metadata={
+                # lines = header_lines + rows_valid + rows_quarantined + continued_lines + lines_unparsed
+                "lines": sum(s.lines for s in stats.values()),
+                "header_lines": sum(s.header_lines for s in stats.values()),
                 "rows_landed": landed,
                 "rows_valid": valid,
                 "rows_quarantined": quarantined,
+                "continued_lines": sum(s.continued_lines for s in stats.values()),
+                "lines_unparsed": unparsed,
+                "blank_lines": sum(s.blank_lines for s in stats.values()),
                 "partitions": len(days),
                 "dagster/row_count": valid,
             },
@@ -92,6 +102,8 @@ def build_validation_asset(spec: TableSpec) -> dg.AssetsDefinition:
             asset_key=quarantine_key(spec.name),
             metadata={
                 "rows_quarantined": quarantined,
+                "lines_unparsed": unparsed,
+                "unparsed_lines_table": "quarantine._unparsed",
                 "rules": dg.MetadataValue.json(rules),
                 "dagster/row_count": quarantined,
             },
@@ -114,7 +126,7 @@ def build_gate_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
                 blocking=True,
                 description=GATE_DESCRIPTIONS[gate],
                 partitions_def=partitions,
-                metadata={"thresholds": dg.MetadataValue.json(_thresholds(spec))},
+                metadata={"thresholds": dg.MetadataValue.json(gate_thresholds(spec))},
             )
             for gate in gates
         ],
@@ -126,8 +138,10 @@ def build_gate_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
         op_context = context.op_execution_context
         days = partition_dates(op_context) if spec.partitioned else [None]
         selected = {key.name for key in context.selected_asset_check_keys}
+        # The deployment's thresholds as they are now (keel.toml may have changed them).
+        effective = keel.usecase.table(spec.name)
         with keel.warehouse() as con:
-            results = evaluate_partitions(con, spec, days, run_id=op_context.run_id)
+            results = evaluate_partitions(con, effective, days, run_id=op_context.run_id)
         single = len(results) == 1
         for day, gate_results in results.items():
             for result in gate_results:
@@ -153,19 +167,6 @@ def build_gate_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
                     )
 
     return gate_checks
-
-
-def _thresholds(spec: TableSpec) -> dict:
-    g = spec.gates
-    return {
-        "max_quarantine_rate": g.max_quarantine_rate,
-        "volume_ratio": [g.volume_min_ratio, g.volume_max_ratio],
-        "volume_weeks": g.volume_weeks,
-        "null_rate_max_increase": g.null_rate_max_increase,
-        "null_rate_window_days": g.null_rate_window_days,
-        "null_rate_overrides": dict(g.null_rate_overrides),
-        "type_change_share": g.type_change_share,
-    }
 
 
 validation_assets = [build_validation_asset(spec) for spec in USECASE.tables]

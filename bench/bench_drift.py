@@ -1,4 +1,4 @@
-"""Benchmark keel.drift against Evidently's DataDriftPreset on the same data.
+"""Benchmark keel.monitoring.drift against Evidently's DataDriftPreset on the same data.
 
     python bench/bench_drift.py                      # a day (1,000 rows vs 250,000) and 1M vs 1M
     python bench/bench_drift.py --rows 100000 --features 40
@@ -25,7 +25,7 @@ import pandas as pd
 # Run as a script from a checkout: make `keel` importable without installing the project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keel.drift import ReferenceProfile, compare  # noqa: E402
+from keel.monitoring.drift import ReferenceProfile, compare  # noqa: E402
 
 DAY_ROWS = 1_000
 DAY_REFERENCE_ROWS = 250_000

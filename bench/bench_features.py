@@ -30,15 +30,16 @@ DAY = "2013-12-30"
 
 
 def prepare(home: Path) -> None:
-    from keel.contract import validate_partitions
-    from keel.gates import evaluate_partitions
-    from keel.ingest import load_partitions, parse_file
-    from keel.replay import replay
-    from keel.settings import load_usecase, prepare_environment
-    from keel.warehouse import connect, ensure_tables
+    from keel.data.contract import validate_partitions
+    from keel.data.gates import evaluate_partitions
+    from keel.data.ingest import load_partitions, parse_file
+    from keel.data.replay import replay
+    from keel.core.config import current
+    from keel.core.settings import prepare_environment
+    from keel.core.warehouse import connect, ensure_tables
 
     paths = prepare_environment()
-    usecase = load_usecase()
+    usecase = current().usecase
     replay(usecase, paths.landing, usecase.start, usecase.end)
     with connect(paths.warehouse) as con:
         ensure_tables(con, list(usecase.tables))

@@ -101,10 +101,10 @@ def plain_sql(landing: Path, days: list[dt.date]) -> float:
 
 
 def keel_core(usecase, landing: Path, home: Path, days: list[dt.date]) -> float:
-    from keel.contract import validate_partitions
-    from keel.gates import evaluate_partitions
-    from keel.ingest import load_partitions, parse_file
-    from keel.warehouse import connect, ensure_tables
+    from keel.data.contract import validate_partitions
+    from keel.data.gates import evaluate_partitions
+    from keel.data.ingest import load_partitions, parse_file
+    from keel.core.warehouse import connect, ensure_tables
 
     started = time.perf_counter()
     with connect(home / "core.duckdb") as con:
@@ -145,11 +145,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     os.environ["KEEL_HOME"] = str(work / "home")
     os.environ.pop("DAGSTER_HOME", None)
-    from keel.replay import replay
-    from keel.settings import load_usecase, prepare_environment
+    from keel.data.replay import replay
+    from keel.core.config import current
+    from keel.core.settings import prepare_environment
 
     paths = prepare_environment()
-    usecase = load_usecase()
+    usecase = current().usecase
     year = usecase.days()
     one_day = [dt.date(2013, 12, 30)]
     started = time.perf_counter()

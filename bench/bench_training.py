@@ -4,7 +4,7 @@ On the full-year training set (every labelled day of the feature mart, split 4/4
 ``keel run``), prints:
   - bare:      ``lightgbm.train`` with the chosen model's parameters on the same matrices
                (Dataset construction, boosting with early stopping), nothing else;
-  - keel fit:  ``keel.modeling.train_primary`` with those parameters (encoding, the same
+  - keel fit:  ``keel.ml.modeling.train_primary`` with those parameters (encoding, the same
                boosting, the text round trip, validation and test predictions);
   - search:    ``train_primary`` as the asset runs it (the default search of 4 trials);
   - tracking:  ``keel.registry.log_and_register`` of that model (params, metrics, lineage,
@@ -69,11 +69,12 @@ def main() -> None:
     import duckdb
     import lightgbm as lgb
 
-    from keel import modeling
-    from keel.datasets import build_training_set
-    from keel.lineage import code_lineage, model_lineage
-    from keel.report import holdout_metrics
-    from keel.settings import load_usecase
+    from keel.ml import modeling
+    from keel.ml.encoding import CategoryEncoder
+    from keel.ml.datasets import build_training_set
+    from keel.ml.lineage import code_lineage, model_lineage
+    from keel.ml.report import holdout_metrics
+    from keel.core.config import current
 
     work = Path(tempfile.mkdtemp(prefix="keel-bench-training-"))
     try:
@@ -82,7 +83,7 @@ def main() -> None:
             started = time.perf_counter()
             warehouse = prepare_warehouse(work)
             print(f"prepared a warehouse for the year in {time.perf_counter() - started:.0f} s (not timed below)")
-        spec = load_usecase().model
+        spec = current().usecase.model
         con = duckdb.connect(str(warehouse), read_only=True)
         started = time.perf_counter()
         training = build_training_set(con, spec, None, None, valid_weeks=4, test_weeks=4)
@@ -105,7 +106,7 @@ def main() -> None:
 
         features = list(spec.features)
         categorical = [c for c in features if c in spec.categorical]
-        encoder = modeling.CategoryEncoder.fit(split.train, categorical)
+        encoder = CategoryEncoder.fit(split.train, categorical)
         x_train, x_valid = model.matrix(split.train), model.matrix(split.valid)
         y_train = split.train[spec.label].to_numpy(dtype=float)
         y_valid = split.valid[spec.label].to_numpy(dtype=float)
@@ -121,11 +122,11 @@ def main() -> None:
         bare_seconds, booster = timed(bare, args.repeats)
         assert booster.best_iteration == model.best_iteration
 
-        from keel import registry
+        from keel.registry import store as registry
 
         store = work / "mlflow"
         metrics = holdout_metrics(split, spec, searched)
-        from keel.evaluation import flat_metrics
+        from keel.ml.evaluation import flat_metrics
 
         lineage = model_lineage(
             kind="primary", training_set=training.meta, training_set_hash=training.meta["training_set_hash"],

@@ -1,5 +1,4 @@
-import sys
+"""``python -m keel``: the same as the ``keel`` command."""
+from keel.app.cli import main
 
-from keel.cli import main
-
-sys.exit(main())
+raise SystemExit(main())

@@ -8,16 +8,20 @@ only when a model, macro, seed, test or the project files changed since the last
 from __future__ import annotations
 
 import fcntl
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from keel.settings import PROJECT_ROOT, keel_home
+from keel.core import env
+from keel.core.config import current
+from keel.core.settings import PROJECT_ROOT, keel_home
 
-DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+# The deployment's dbt project (``UseCase.dbt_project``): the graph holds one use case's models.
+DBT_PROJECT_DIR = current().usecase.dbt_project
+# The framework's generic macros and tests, which every use case's project reads.
+FRAMEWORK_DBT_DIR = PROJECT_ROOT / "keel" / "dbt"
 _SOURCES = ("models", "macros", "seeds", "tests", "dbt_project.yml", "profiles.yml")
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -25,8 +29,9 @@ dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_D
 
 def _newest_source_mtime() -> float:
     newest = 0.0
-    for name in _SOURCES:
-        path = DBT_PROJECT_DIR / name
+    for path in [*(DBT_PROJECT_DIR / name for name in _SOURCES), FRAMEWORK_DBT_DIR]:
+        if not path.exists():
+            continue
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         newest = max([newest, *(p.stat().st_mtime for p in files)])
     return newest
@@ -44,11 +49,11 @@ def ensure_manifest() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if manifest.exists() and manifest.stat().st_mtime >= _newest_source_mtime():
             return manifest
-        env = {**os.environ, "KEEL_HOME": str(keel_home()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        variables = env.for_subprocess({"KEEL_HOME": str(keel_home()), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"})
         dbt = Path(sys.executable).parent / "dbt"
         done = subprocess.run(
             [str(dbt), "parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet"],
-            env=env, capture_output=True, text=True,
+            env=variables, capture_output=True, text=True,
         )
         if done.returncode != 0:
             raise RuntimeError(f"dbt parse failed:\n{done.stdout}\n{done.stderr}")

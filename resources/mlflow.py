@@ -6,23 +6,20 @@ from types import ModuleType
 
 import dagster as dg
 
-from keel.settings import KeelPaths
-from keel.tracking import TrackingLocation, location, open_registry
+from keel.core.config import current
+from keel.registry.tracking import TrackingLocation, open_registry
 
 
 class MlflowRegistry(dg.ConfigurableResource):
-    """An MLflow tracking URI and experiment. Empty fields fall back to
-    ``KEEL_MLFLOW_TRACKING_URI`` / ``KEEL_MLFLOW_EXPERIMENT`` and then to the defaults: a SQLite
-    store at ``$KEEL_HOME/mlflow/mlflow.db``, artifacts in ``$KEEL_HOME/mlflow/artifacts``,
-    experiment ``keel``."""
+    """The deployment's MLflow tracking URI, artifact folder and experiment (``[tracking]``
+    in keel.toml, ``KEEL_MLFLOW_TRACKING_URI`` / ``KEEL_MLFLOW_EXPERIMENT``; by default a
+    SQLite store at ``$KEEL_HOME/mlflow/mlflow.db``, artifacts in
+    ``$KEEL_HOME/mlflow/artifacts``, experiment ``keel``)."""
 
-    tracking_uri: str = ""
-    experiment: str = ""
-    artifact_root: str = ""
+    @property
+    def location(self) -> TrackingLocation:
+        return current().tracking
 
-    def location(self, paths: KeelPaths) -> TrackingLocation:
-        return location(paths, self.tracking_uri, self.artifact_root, self.experiment)
-
-    def open(self, paths: KeelPaths) -> ModuleType:
-        """``keel.registry``, configured for this store."""
-        return open_registry(self.location(paths))
+    def open(self) -> ModuleType:
+        """``keel.registry.store``, configured for this store."""
+        return open_registry(self.location)

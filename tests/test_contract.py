@@ -11,11 +11,11 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from keel import gates
-from keel.contract import PartitionStats, validate_partitions
-from keel.ingest import load_partitions, parse_file
-from keel.spec import FaultPlan, GateThresholds, TableSpec, UseCase
-from keel.warehouse import connect, ensure_tables
+from keel.data import gates
+from keel.data.contract import PartitionStats, validate_partitions
+from keel.data.ingest import load_partitions, parse_file
+from keel.core.spec import FaultPlan, GateThresholds, NullSpellings, TableSpec, UseCase
+from keel.core.warehouse import connect, ensure_tables
 
 DAY = dt.date(2013, 3, 7)  # a Thursday
 HEADER = "station,obs_date,low,high,count\n"
@@ -41,7 +41,7 @@ READINGS = pa.DataFrameSchema(
 )
 
 
-def readings_spec(**gate_settings) -> TableSpec:
+def readings_spec(null_spellings: NullSpellings | None = None, **gate_settings) -> TableSpec:
     return TableSpec(
         name="readings",
         description="Daily readings per station.",
@@ -49,6 +49,7 @@ def readings_spec(**gate_settings) -> TableSpec:
         key=("station",),
         partitioned=True,
         gates=GateThresholds(**gate_settings),
+        null_spellings=null_spellings or NullSpellings(),
     )
 
 
@@ -78,13 +79,13 @@ def land(landing, content: bytes, day: dt.date = DAY):
     return path
 
 
-def validate(tmp_path, landing, day: dt.date = DAY):
+def validate(tmp_path, landing, day: dt.date = DAY, spec: TableSpec = SPEC):
     """Load and validate the day; return its stats and the validated and quarantined rows."""
-    parsed = parse_file(SPEC, landing, day)
+    parsed = parse_file(spec, landing, day)
     with connect(tmp_path / "warehouse.duckdb") as con:
-        ensure_tables(con, [SPEC])
-        load_partitions(con, SPEC, [parsed], landing, tmp_path / "rejected")
-        stats = validate_partitions(con, TOY, SPEC, [day])[day]
+        ensure_tables(con, [spec])
+        load_partitions(con, spec, [parsed], landing, tmp_path / "rejected")
+        stats = validate_partitions(con, TOY, spec, [day])[day]
         valid = con.execute(
             "select station, _source_row from validated.readings order by _source_row").fetchall()
         quarantined = con.execute(
@@ -101,8 +102,8 @@ def test_truncated_last_line_is_unparsed_with_a_truncation_reason(landing):
     parsed = parse_file(SPEC, landing, DAY)
     assert parsed.rows_parsed == 2
     assert parsed.rows.column("_source_row").to_pylist() == [2, 3]
-    ((line_no, line, reason),) = parsed.unparsed
-    assert line_no == 4 and line == '"LGA","2013-0'
+    ((line_no, line, reason, blank),) = parsed.unparsed
+    assert line_no == 4 and line == b'"LGA","2013-0' and not blank
     assert "truncated" in reason
 
 
@@ -111,7 +112,7 @@ def test_line_with_too_many_fields_is_unparsed_with_the_field_counts(landing):
     parsed = parse_file(SPEC, landing, DAY)
     assert parsed.rows.column("station").to_pylist() == ["EWR", "LGA"]
     assert parsed.rows.column("_source_row").to_pylist() == [2, 4]
-    ((line_no, _, reason),) = parsed.unparsed
+    ((line_no, _, reason, _),) = parsed.unparsed
     assert line_no == 3
     assert reason == "expected 5 fields, found 6"
 
@@ -122,8 +123,8 @@ def test_invalid_utf8_line_is_unparsed_and_the_rest_kept(landing):
     parsed = parse_file(SPEC, landing, DAY)
     assert parsed.rows.column("station").to_pylist() == ["EWR", "LGA"]
     assert parsed.rows.column("_source_row").to_pylist() == [2, 4]
-    ((line_no, line, reason),) = parsed.unparsed
-    assert line_no == 3 and "\\xff" in line
+    ((line_no, line, reason, _),) = parsed.unparsed
+    assert line_no == 3 and line == b'"J\xff\xfeK","2013-03-07",1,2,3'
     assert "not valid UTF-8" in reason
     assert parsed.read_error is None
 
@@ -177,13 +178,90 @@ def test_a_quoted_value_with_a_newline_loses_no_line(tmp_path, landing):
 def test_an_unclosed_quote_at_the_end_of_the_file_is_unparsed_not_swallowed(tmp_path, landing):
     land(landing, (HEADER + '"EWR","2013-03-07",1,2,3\n"JFK,"2013-03-07",1,2,3\n').encode())
     stats, valid, quarantined = validate(tmp_path, landing)
-    assert valid == [("EWR", 2)]
-    ((row, rules, reason, record),) = quarantined
-    assert row == 3 and rules == ["unparsable_line"] and "never closed" in reason
+    assert valid == [("EWR", 2)] and quarantined == []
+    assert (stats.lines, stats.header_lines, stats.unparsed) == (3, 1, 1)
+    ((line_no, line, reason, _),) = parse_file(SPEC, landing, DAY).unparsed
+    assert line_no == 3 and line == b'"JFK,"2013-03-07",1,2,3' and "never closed" in reason
     assert not gates.file_intact(stats, reason).passed
 
 
+def test_a_blank_line_is_kept_aside_and_the_rest_of_the_file_loads(tmp_path, landing):
+    # Regression: a blank line made parse_file count a record that pyarrow skipped, and
+    # pa.table raised "ArrowInvalid: _source_row expected length 2 but got length 3".
+    land(landing, (HEADER + '"EWR","2013-03-07",1,2,3\n\n"JFK","2013-03-07",1,2,3\n').encode())
+    stats, valid, quarantined = validate(tmp_path, landing)
+    assert valid == [("EWR", 2), ("JFK", 4)] and quarantined == []
+    assert (stats.lines, stats.unparsed, stats.blank_lines) == (4, 1, 1)
+    result = gates.file_intact(stats, None)
+    assert result.passed and "1 blank line" in result.message
+
+
+def test_a_stray_quote_costs_its_own_line_only(tmp_path, landing):
+    # Regression: a stray quote swallowed every later line into one unparsed "record", so
+    # three lines counted as one and the rows after it were lost.
+    land(landing, (HEADER + '"EWR","2013-03-07",1,2,3\n"JFK,"2013-03-07",1,2,3\n'
+                   '"LGA","2013-03-07",1,2,3\n"BOS","2013-03-07",1,2,3\n').encode())
+    stats, valid, quarantined = validate(tmp_path, landing)
+    assert valid == [("EWR", 2), ("LGA", 4), ("BOS", 5)] and quarantined == []
+    (unparsed,) = parse_file(SPEC, landing, DAY).unparsed
+    assert (unparsed.number, unparsed.raw) == (3, b'"JFK,"2013-03-07",1,2,3')
+    assert "stray quote" in unparsed.reason
+    assert (stats.lines, stats.valid, stats.unparsed) == (5, 3, 1)
+
+
 # --- the contract --------------------------------------------------------------------
+
+
+NULL_LOOKALIKES = (
+    HEADER
+    + '"EWR","2013-03-07",NA,2,3\n'
+    + '"JFK","2013-03-07",1,null,3\n'
+    + '"LGA","2013-03-07",1,2,N/A\n'
+    + '"BOS","2013-03-07",NaN,2,3\n'
+    + '"SFO","2013-03-07",1,2,\n'
+)
+
+
+def test_null_lookalikes_are_quarantined_under_the_rule_they_broke(tmp_path, landing):
+    # Regression: pyarrow's default null strings turned NA, null, N/A and NaN into nulls
+    # behind the contract's back, and these rows were valid.
+    land(landing, NULL_LOOKALIKES.encode())
+    stats, valid, quarantined = validate(tmp_path, landing)
+    assert valid == [("SFO", 6)], "an empty numeric field is the default null spelling"
+    assert {row: rules for row, rules, _, _ in quarantined} == {
+        2: ["low:null_spelling"], 3: ["high:null_spelling"], 4: ["count:null_spelling"],
+        5: ["low:null_spelling"],
+    }
+    reasons = {row: reason for row, _, reason, _ in quarantined}
+    assert reasons[2] == "low is 'NA', which its contract does not read as null (its null is written only as an empty field)"
+    assert [json.loads(record)["high"] for row, _, _, record in quarantined if row == 3] == ["null"]
+    assert stats.rule_counts == {"low:null_spelling": 2, "high:null_spelling": 1, "count:null_spelling": 1}
+
+
+def test_a_table_can_accept_its_own_null_spellings_per_column(tmp_path, landing):
+    spec = readings_spec(NullSpellings(columns={"low": ("NA", ""), "count": ("N/A",)}))
+    land(landing, NULL_LOOKALIKES.replace('"BOS","2013-03-07",NaN', '"BOS","2013-03-07",na').encode())
+    stats, valid, quarantined = validate(tmp_path, landing, spec=spec)
+    assert valid == [("EWR", 2), ("LGA", 4)]
+    assert {row: rules for row, rules, _, _ in quarantined} == {
+        3: ["high:null_spelling"],
+        5: ["low:null_spelling"],  # spellings match exactly: "na" is not "NA"
+        6: ["count:null_spelling"],  # count accepts "N/A" only, not an empty field
+    }
+    assert stats.unexplained_nulls["low"] == 1 and stats.unexplained_nulls["count"] == 1
+
+
+def test_a_text_column_has_no_null_spelling_by_default(tmp_path, landing):
+    land(landing, (HEADER + ',"2013-03-07",1,2,3\n"NULL","2013-03-07",1,2,3\n"N/A","2013-03-07",1,2,3\n'
+                   '"JFK","2013-03-07",1,2,3\n').encode())
+    stats, valid, quarantined = validate(tmp_path, landing)
+    assert valid == [("JFK", 5)]
+    assert {row: rules for row, rules, _, _ in quarantined} == {
+        2: ["station:null_spelling"], 3: ["station:null_spelling"], 4: ["station:null_spelling"],
+    }, "a refused null spelling is reported once, not also as a missing value"
+    reasons = {row: reason for row, _, reason, _ in quarantined}
+    assert reasons[2] == "station is an empty field, which its contract does not read as null (it has no null spelling)"
+
 
 
 def test_empty_string_in_a_numeric_column_is_rejected_not_a_null(tmp_path, landing):
@@ -242,10 +320,10 @@ def test_every_broken_rule_of_a_row_is_recorded_and_nothing_is_lost(tmp_path, la
         2: {"station:str_matches('^[A-Z]{3}$')", "count:in_range(0, 1000)"},
         3: {"low:type"},
         4: {"row_outside_partition"},
-        5: {"unparsable_line"},
     }
     assert all(reason for _, _, reason, _ in quarantined)
-    assert (stats.landed, stats.valid, stats.quarantined, stats.unparsed) == (5, 1, 4, 1)
+    assert (stats.landed, stats.valid, stats.quarantined, stats.unparsed) == (5, 1, 3, 1)
+    assert (stats.lines, stats.header_lines) == (6, 1) and stats.unaccounted_lines() == 0
 
 
 # --- the gates -----------------------------------------------------------------------

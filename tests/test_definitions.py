@@ -9,8 +9,8 @@ from conftest import USECASE
 
 from assets.partitions import daily_partitions
 from definitions import defs
-from keel.gates import DAILY_GATES, SNAPSHOT_GATES
-from keel.settings import PROJECT_ROOT
+from keel.data.gates import DAILY_GATES, SNAPSHOT_GATES
+from keel.core.settings import PROJECT_ROOT
 
 ASSET_SPECS = sorted(defs.resolve_all_asset_specs(), key=lambda spec: spec.key.to_user_string())
 GRAPH = defs.resolve_asset_graph()
@@ -97,3 +97,40 @@ def test_no_module_reaches_into_dagster_private_api():
     assert len(sources) > 10
     offenders = [hit for path in sources for hit in private_dagster_imports(path)]
     assert offenders == []
+
+
+def test_automation_requests_a_days_skew_and_drift_checks_with_the_day_it_builds():
+    # Regression: under the daemon a day that landed alone was built, scored and monitored in
+    # a one-day run without its feature_skew, important_feature_drift or serving_skew check:
+    # the automation sensor's target held no checks and the checks had no condition.
+    graph = defs.resolve_asset_graph()
+    features = dg.AssetKey(USECASE.model.features_relation.split("."))
+    upstream: set[dg.AssetKey] = set()
+
+    def add_ancestors(key: dg.AssetKey) -> None:
+        for parent in graph.get(key).parent_keys:
+            if parent not in upstream:
+                upstream.add(parent)
+                add_ancestors(parent)
+
+    add_ancestors(features)
+    sensor = defs.get_sensor_def("keel_automation")
+    target = sensor.asset_selection
+    instance = dg.DagsterInstance.ephemeral()
+    day = "2013-03-17"
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=target)
+    for key in upstream:  # what the landing sensor's ingestion run leaves for one day
+        partitioned = graph.get(key).partitions_def is not None
+        instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=day if partitioned else None))
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=target,
+                                               cursor=first.cursor)
+    requested = {r.key: r.true_subset for r in result.results if r.true_subset.size}
+    wanted_checks = {
+        dg.AssetCheckKey(features, "feature_skew"),
+        dg.AssetCheckKey(dg.AssetKey(["monitoring", "feature_drift"]), "important_feature_drift"),
+        dg.AssetCheckKey(dg.AssetKey(["serving", "online_predictions"]), "serving_skew"),
+    }
+    assert wanted_checks <= set(requested), sorted(map(str, wanted_checks - set(requested)))
+    for key in wanted_checks | {features, dg.AssetKey(["models", "predictions"])}:
+        subset = requested[key]
+        assert subset.size == 1 and list(subset.expensively_compute_partition_keys()) == [day], key

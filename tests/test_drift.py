@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from keel.drift import (
+from keel.monitoring.drift import (
     NO_CURRENT_VALUES,
     PSI_EMPTY_BIN_SHARE,
     ReferenceProfile,

@@ -15,11 +15,11 @@ from conftest import DAYS, FAULT_DAY, FIRST_DAY, LAST_DAY, RANGE_END, RANGE_STAR
 from assets.ingestion import raw_assets
 from assets.partitions import daily_partitions
 from assets.validation import gate_checks, validation_assets
-from keel.gates import DAILY_GATES, SNAPSHOT_GATES
-from keel.replay import FAULT_KINDS, replay
+from keel.data.gates import DAILY_GATES, SNAPSHOT_GATES
+from keel.data.replay import FAULT_KINDS, replay
 from resources.keel_state import KeelState
 
-FAULT_TABLE = USECASE.faults.table
+FAULT_TABLE = USECASE.fault_plans[0].table
 
 # The gates that fail on the fault day, the first one being the gate named for the fault;
 # the others are the consequences a person also sees (a file without a contract column
@@ -66,7 +66,7 @@ def land_with_fault(landing, kind: str) -> None:
         assert report.fault_file == f"{FAULT_TABLE}/{FAULT_DAY.isoformat()}.csv"
 
 
-def stats_of_fault_day(pipeline) -> tuple[int, int, int]:
+def stats_of_fault_day(pipeline) -> tuple[int, int, int, int]:
     return pipeline.partition_stats(FAULT_TABLE)[FAULT_DAY]
 
 
@@ -114,23 +114,28 @@ def test_fault_fails_its_gate_on_its_day_only_and_loses_no_row(kind, replayed_ho
     assert len(recorded) == len(DAYS) * len(DAILY_GATES) * len(USECASE.partitioned_tables)
     assert recorded[(FAULT_TABLE, FAULT_DAY, named_gate)] == (False, True, day_message)
 
-    # (c) No row lost: every landed line is either valid or quarantined, in the tables too.
+    # (c) No line lost: every line after the header is valid, quarantined or unparsed, in
+    # the tables too.
     for spec in USECASE.partitioned_tables:
         stats = pipeline.partition_stats(spec.name)
         valid = dict(pipeline.query(
             f"select _partition_date, count(*) from validated.{spec.name} group by 1"))
         quarantined = dict(pipeline.query(
             f"select _partition_date, count(*) from quarantine.{spec.name} group by 1"))
+        unparsed = dict(pipeline.query(
+            "select _partition_date, count(*) from raw._unparsed where table_name = ? group by 1",
+            [spec.name]))
         for day in DAYS:
-            landed, n_valid, n_quarantined = stats[day]
-            assert landed == n_valid + n_quarantined, (spec.name, day)
-            assert (valid.get(day, 0), quarantined.get(day, 0)) == (n_valid, n_quarantined)
+            landed, n_valid, n_quarantined, n_unparsed = stats[day]
+            assert landed == n_valid + n_quarantined + n_unparsed, (spec.name, day)
+            assert (valid.get(day, 0), quarantined.get(day, 0), unparsed.get(day, 0)) == (
+                n_valid, n_quarantined, n_unparsed)
             path = pipeline.landing_file(spec.name, day)
             assert landed == (data_lines(path) if path.exists() else 0), (spec.name, day)
 
     fault_file = pipeline.landing_file(FAULT_TABLE, FAULT_DAY)
     if kind == "late_day":
-        assert not fault_file.exists() and stats_of_fault_day(pipeline) == (0, 0, 0)
+        assert not fault_file.exists() and stats_of_fault_day(pipeline) == (0, 0, 0, 0)
         return
     # Each line of the fault file ends up in exactly one place, traceable to its line.
     lines = data_lines(fault_file)
@@ -138,8 +143,9 @@ def test_fault_fails_its_gate_on_its_day_only_and_loses_no_row(kind, replayed_ho
     source = f"{FAULT_TABLE}/{FAULT_DAY.isoformat()}.csv"
     placed = [row for (row,) in pipeline.query(
         f"select _source_row from validated.{FAULT_TABLE} where _partition_date = ? and _source_file = ? "
-        f"union all select _source_row from quarantine.{FAULT_TABLE} where _partition_date = ? and _source_file = ?",
-        [FAULT_DAY, source, FAULT_DAY, source])]
+        f"union all select _source_row from quarantine.{FAULT_TABLE} where _partition_date = ? and _source_file = ? "
+        "union all select _source_row from raw._unparsed where _partition_date = ? and _source_file = ?",
+        [FAULT_DAY, source, FAULT_DAY, source, FAULT_DAY, source])]
     assert sorted(placed) == list(range(2, lines + 2))
 
     # Every quarantined row says which rules it broke, why, and where it came from.
@@ -170,9 +176,9 @@ def test_late_day_passes_its_gate_once_delivered(replayed_home, pipeline):
     assert result.success
     assert pipeline.gate_status()[(FAULT_TABLE, FAULT_DAY)] == (True, "")
     # The volume and null-rate gates now have a baseline, and used it.
-    landed, valid, quarantined = stats_of_fault_day(pipeline)
+    landed, valid, quarantined, unparsed = stats_of_fault_day(pipeline)
     assert landed == data_lines(pipeline.landing_file(FAULT_TABLE, FAULT_DAY)) > 0
-    assert landed == valid + quarantined
+    assert landed == valid + quarantined and unparsed == 0
     volume = evaluations["volume_within_baseline"].metadata["details"].value
     assert volume["baseline_days"] >= 3 and 0.5 <= volume["ratio"] <= 2.0
 
@@ -186,7 +192,8 @@ def test_snapshot_tables_pass_their_gates_and_lose_no_row(replayed_home, pipelin
     )
     assert [e.description for e in evaluations if not e.passed] == []
     for spec in USECASE.snapshot_tables:
-        landed, valid, quarantined = pipeline.partition_stats(spec.name)[None]
+        landed, valid, quarantined, unparsed = pipeline.partition_stats(spec.name)[None]
+        assert unparsed == 0
         assert landed == valid + quarantined == data_lines(pipeline.landing_file(spec.name, None)) > 0
         assert pipeline.query(f"select count(*) from validated.{spec.name}") == [(valid,)]
 
@@ -289,3 +296,44 @@ def test_a_failed_gate_in_a_range_run_holds_back_the_whole_run_but_is_recorded_p
     assert failed == {("2013-03-10", gate) for gate in FAILED_GATES["missing_column"]}
     status = pipeline.gate_status()
     assert [status[(FAULT_TABLE, d)][0] for d in DAYS if d.isoformat() in ("2013-03-09", "2013-03-10", "2013-03-11")] == [True, False, True]
+
+
+# One use case may drill several of its daily tables: flights' weather has a plan of its own.
+WEATHER_FAULTS = {
+    "renamed_column": (["schema_conforms", "quarantine_rate"], ["temp is missing", "temperature"]),
+    "missing_column": (["schema_conforms", "quarantine_rate"], ["humid is missing"]),
+    "numeric_as_text": (["schema_conforms", "quarantine_rate"], ["pressure", "DOUBLE"]),
+    "out_of_range": (["quarantine_rate"], ["quarantined", "humid:in_range"]),
+    "null_spike": (["null_rates_within_baseline"], ["null spike", "temp"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(WEATHER_FAULTS))
+def test_a_second_tables_fault_plan_fails_that_tables_gate_on_its_day_only(kind, replayed_home, pipeline):
+    # Regression: a use case had one fault plan; --fault-table weather applied the flights
+    # plan's column names to the weather file: a rename changed nothing, a drop raised KeyError.
+    (replayed_home.landing / "weather" / f"{FAULT_DAY.isoformat()}.csv").unlink()
+    report = replay(USECASE, replayed_home.landing, FIRST_DAY, LAST_DAY, fault=kind, fault_date=FAULT_DAY,
+                    fault_table="weather")
+    assert report.fault_file == f"weather/{FAULT_DAY.isoformat()}.csv"
+    result = pipeline.ingest_days(FIRST_DAY, LAST_DAY)
+    gates, words = WEATHER_FAULTS[kind]
+    evaluations = result.get_asset_check_evaluations()
+    failing = sorted((e.asset_key.path[-1], e.check_name, e.partition) for e in evaluations if not e.passed)
+    assert failing == sorted(("weather", gate, FAULT_DAY.isoformat()) for gate in gates)
+    (named,) = [e for e in evaluations if (e.asset_key.path[-1], e.check_name, e.partition)
+                == ("weather", gates[0], FAULT_DAY.isoformat())]
+    message = named.metadata["message"].value
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    landed, n_valid, n_quarantined, n_unparsed = pipeline.partition_stats("weather")[FAULT_DAY]
+    assert landed == n_valid + n_quarantined + n_unparsed == data_lines(pipeline.landing_file("weather", FAULT_DAY))
+
+
+def test_a_table_without_a_fault_plan_is_refused_with_the_tables_that_have_one(replayed_home):
+    with pytest.raises(ValueError, match="planes is a snapshot table"):
+        replay(USECASE, replayed_home.landing, FIRST_DAY, LAST_DAY, fault="missing_column",
+               fault_date=FAULT_DAY, fault_table="planes")
+    with pytest.raises(ValueError, match="no table 'runways'"):
+        replay(USECASE, replayed_home.landing, FIRST_DAY, LAST_DAY, fault="missing_column",
+               fault_date=FAULT_DAY, fault_table="runways")

@@ -8,8 +8,8 @@ import pytest
 from conftest import FAULT_DAY, FIRST_DAY, LAST_DAY, USECASE, query
 
 import usecases.flights_online as flights_online
-from keel.cli import run_pipeline
-from keel.replay import replay
+from keel.app.pipeline import run_pipeline
+from keel.data.replay import replay
 
 pytestmark = pytest.mark.slow
 

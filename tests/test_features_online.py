@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import math
 import statistics
 import time
@@ -202,3 +203,21 @@ def test_the_store_reads_once_and_lets_go_of_the_file(features_home, tmp_path):
     con.close()
     served = store.get_features(scheduled_flights(home, SKEW_DAY).head(5))
     assert len(served) == 5 and served["weather_temp"].notna().all()
+
+
+def test_skew_days_samples_and_compares_each_day_as_skew_sample_does(features_home, store, monkeypatch):
+    # drifted, so that there are differences to hand back to their days
+    monkeypatch.setattr(features_online, "PREDICTION_LEAD_MINUTES", 60)
+    days = [dt.date(2013, 3, 11), dt.date(2013, 3, 12), dt.date(2013, 3, 13)]
+
+    per_day = features_online.feature_skew_days(warehouse_file(features_home), days, 40, store=store)
+
+    assert sorted(per_day) == days
+    for day in days:
+        compared, mismatches = feature_skew_sample(warehouse_file(features_home), day, 40,
+                                                   seed=day.toordinal(), store=store)
+        assert per_day[day][0] == compared == 40
+        assert len(mismatches) > 0
+        key = ["flight_id", "column"]
+        assert (per_day[day][1].sort_values(key).reset_index(drop=True)[key]
+                .equals(mismatches.sort_values(key).reset_index(drop=True)[key]))

@@ -8,11 +8,11 @@ import pyarrow
 import pytest
 from conftest import USECASE, data_lines
 
-from keel.cli import run_pipeline
-from keel.ingest import load_partitions, parse_file
-from keel.replay import replay
-from keel.status import collect
-from keel.warehouse import connect
+from keel.app.pipeline import run_pipeline
+from keel.data.ingest import load_partitions, parse_file
+from keel.data.replay import replay
+from keel.app.status import collect
+from keel.core.warehouse import connect
 
 START, END = dt.date(2013, 3, 1), dt.date(2013, 3, 4)
 TABLES = [f"{schema}.{t.name}" for schema in ("raw", "validated", "quarantine") for t in USECASE.tables]
@@ -50,7 +50,8 @@ def test_running_the_pipeline_twice_gives_identical_tables_and_counts(replayed_h
 
     assert verdicts(second_status) == verdicts(first_status)
     assert all(n > 0 for table, (n, _) in first.items() if not table.startswith("quarantine.")), first
-    assert first["quarantine.flights"][0] == 1 and first["raw._unparsed"][0] == 1
+    # The cut-off last line is kept once, as an unparsed line; no row broke the contract.
+    assert first["quarantine.flights"][0] == 0 and first["raw._unparsed"][0] == 1
     landed = sum(p["landed"] for p in first_status["tables"]["flights"].values())
     assert landed == sum(
         data_lines(pipeline.landing_file("flights", START + dt.timedelta(days=i))) for i in range(4)

@@ -1,135 +1,31 @@
 """Models end to end: keel run trains, gates, promotes and scores; the gates block bad models;
 approval, rollback, lineage, reproduction and tiered scoring, on real data and real stores.
 
-``keel run`` over 2013-01-01..2013-02-28 (real landing, ingestion, dbt and training) builds one
-template home per test session, shared by pytest-xdist workers. Each test copies it (a tenth
-of a second) without its MLflow store, whose experiment is bound to the template's path, and
-trains what it needs through the ``train_models`` job (about 8 s on this window).
+The homes (``template``, ``home``, ``trained``) come from tests/model_fixtures.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import io
 import json
-import os
-import shutil
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import RANGE_END, RANGE_START, query
+from conftest import query
+from model_fixtures import END, NAMES, PRIMARY, START, registry, score, train
 
-from keel.cli import main, run_pipeline
-from keel.lineage import LINEAGE_FIELDS
-from keel.promotion import registered_names
-from keel.settings import PROJECT_ROOT, KeelPaths, prepare_environment
-from keel.tracking import location, open_registry
+from keel.app.cli import main
+from keel.app.pipeline import run_pipeline
+from keel.core.settings import PROJECT_ROOT, KeelPaths
+from keel.ml.lineage import LINEAGE_FIELDS
+from keel.registry.model_set import promote_set
+from keel.registry.promotion import alias_or_none
 
-START, END = dt.date(2013, 1, 1), dt.date(2013, 2, 28)
-NAMES = registered_names("flight_disruption")
-PRIMARY = NAMES["primary"]
 # Stumps on a twentieth of the features, one huge leaf minimum: a real model, clearly worse.
 WEAKER_PARAMS = {"num_leaves": 3, "learning_rate": 1.0, "min_data_in_leaf": 5000, "feature_fraction": 0.05}
-
-
-@dataclass(frozen=True)
-class Template:
-    home: Path
-    exit_code: int
-    output: str
-
-
-def _shared_root(tmp_path_factory) -> Path:
-    """A folder every xdist worker of this session sees (their base temps' parent)."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    base = tmp_path_factory.getbasetemp()
-    return base.parent / f"keel-models-{run}" if run else base / "keel-models"
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory) -> Template:
-    """A home where ``keel run`` went over 2013-01-01..2013-02-28 (built once per session)."""
-    root = _shared_root(tmp_path_factory)
-    root.mkdir(parents=True, exist_ok=True)
-    home = root / "keel"
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "exit_code").exists():
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("KEEL_HOME", str(home))
-                patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-                patch.delenv("KEEL_PROMOTION_POLICY", raising=False)
-                out = io.StringIO()
-                code = run_pipeline(START, END, out=out)
-            (root / "output.txt").write_text(out.getvalue())
-            (root / "exit_code").write_text(str(code))
-    return Template(home, int((root / "exit_code").read_text()), (root / "output.txt").read_text())
-
-
-def _copy_home(template: Template, target: Path, patch: pytest.MonkeyPatch) -> KeelPaths:
-    shutil.copytree(template.home, target, ignore=shutil.ignore_patterns("mlflow"))
-    patch.setenv("KEEL_HOME", str(target))
-    patch.setenv("DAGSTER_HOME", str(target / "dagster"))
-    patch.delenv("KEEL_PROMOTION_POLICY", raising=False)
-    patch.delenv("KEEL_MLFLOW_TRACKING_URI", raising=False)
-    return prepare_environment()
-
-
-@pytest.fixture
-def home(template, tmp_path, monkeypatch) -> KeelPaths:
-    """This test's copy of the template: features built, no model registered yet."""
-    return _copy_home(template, tmp_path / "keel", monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def trained(template, tmp_path_factory) -> KeelPaths:
-    """A module's copy with one training run (v1, promoted) and February 20-22 scored; for
-    tests that only read it."""
-    with pytest.MonkeyPatch.context() as patch:
-        paths = _copy_home(template, tmp_path_factory.mktemp("trained") / "keel", patch)
-        result = train()
-        assert result.success
-        assert score(dt.date(2013, 2, 20), dt.date(2013, 2, 22)).success
-        yield paths, result
-
-
-def train(*, trials: int = 2, params: dict | None = None, corruption: str = "none",
-          policy: str | None = None) -> dg.ExecuteInProcessResult:
-    """The train_models job over the template's window, as keel run launches it."""
-    from definitions import defs
-
-    run_config = {"ops": {
-        "models__training_set": {"config": {
-            "start": START.isoformat(), "end": END.isoformat(), "valid_weeks": 2, "test_weeks": 2,
-            "label_corruption": corruption,
-        }},
-        "models__primary_model": {"config": {
-            "search_trials": trials, **({"params_json": json.dumps(params)} if params else {}),
-        }},
-    }}
-    if policy:
-        run_config["ops"]["models__champion"] = {"config": {"policy": policy}}
-    return defs.resolve_job_def("train_models").execute_in_process(
-        instance=dg.DagsterInstance.get(), run_config=run_config, raise_on_error=False,
-    )
-
-
-def score(first: dt.date, last: dt.date) -> dg.ExecuteInProcessResult:
-    from definitions import defs
-
-    return defs.resolve_job_def("score_daily").execute_in_process(
-        instance=dg.DagsterInstance.get(), raise_on_error=False,
-        tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
-    )
-
-
-def registry(paths: KeelPaths):
-    return open_registry(location(paths))
 
 
 def aliases(paths: KeelPaths, name: str = PRIMARY) -> dict[str, int]:
@@ -171,8 +67,8 @@ def test_keel_run_trains_gates_promotes_the_first_model_and_scores_every_gated_d
 @pytest.mark.slow
 def test_keel_run_again_on_the_same_rows_and_code_registers_no_new_model(home, monkeypatch):
     # The commit pins the code only in a clean checkout; pin both for the test's checkout.
-    monkeypatch.setattr("keel.lineage.git_commit", lambda root=PROJECT_ROOT: "c" * 40)
-    monkeypatch.setattr("keel.lineage.git_dirty", lambda root=PROJECT_ROOT: False)
+    monkeypatch.setattr("keel.ml.lineage.git_commit", lambda root=PROJECT_ROOT: "c" * 40)
+    monkeypatch.setattr("keel.ml.lineage.git_dirty", lambda root=PROJECT_ROOT: False)
     first, second = io.StringIO(), io.StringIO()
     assert run_pipeline(START, END, out=first) == 0, first.getvalue()
     served = query(home.warehouse, "select flight_id, score, model_version from serving.predictions order by all")
@@ -387,3 +283,96 @@ def test_status_json_gains_models_and_predictions(trained, capsys):
         assert set(tiers) == {"primary", "fallback", "baseline"}
         assert all(type(n) is int for n in tiers.values())
         assert tiers["primary"] > 0 and tiers["fallback"] == tiers["baseline"] == 0
+
+
+@pytest.mark.slow
+def test_a_run_scored_below_the_primary_tier_says_so_in_run_status_and_a_warning_check(home, capsys):
+    # Regression: when the champion failed to load, every row was scored by the baseline rule
+    # and keel run exited 0 with no word of it in its summary.
+    train()
+    if alias_or_none(registry(home), PRIMARY, "champion") is None:
+        # The gates are not under test here: on a loaded machine the latency gate blocks.
+        promote_set(registry(home), NAMES, 1, actor="test", note="set-up", require_gates=False)
+    for path in (home.mlflow / "artifacts").rglob("model.txt"):
+        if json.loads((path.parent / "model.json").read_text())["kind"] in ("primary", "fallback"):
+            path.write_text(path.read_text() + "\n")  # the stored file no longer matches its hash
+    first, last = dt.date(2013, 2, 20), dt.date(2013, 2, 22)
+
+    assert main(["run", "--start", first.isoformat(), "--end", last.isoformat()]) == 0
+    out = capsys.readouterr().out
+    rows = dict(query(home.warehouse, "select flight_date, count(*) from marts.flight_features "
+                                      "where flight_date between ? and ? group by 1", [first, last]))
+    assert dict(query(home.warehouse, "select flight_date, count(*) from serving.predictions where tier = 'baseline' "
+                                      "and flight_date between ? and ? group by 1", [first, last])) == rows
+    assert f"DEGRADED: 3 day(s) scored below the primary tier ({sum(rows.values()):,} of their" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("  2013-02-21 ")]
+    assert "100% below primary" in line and "primary flight_disruption did not load" in line
+    assert "fallback flight_disruption_fallback did not load" in line
+
+    assert main(["status", "--json"]) == 0
+    degraded = {d["day"]: d for d in json.loads(capsys.readouterr().out)["degraded"]}
+    assert sorted(degraded) == ["2013-02-20", "2013-02-21", "2013-02-22"]
+    day = degraded["2013-02-21"]
+    assert day["share_below_primary"] == 1.0 and day["rows"] == rows[dt.date(2013, 2, 21)]
+    assert day["rows_per_tier"] == {"primary": 0, "fallback": 0, "baseline": day["rows"]}
+    assert "does not match model.json" in day["reason"]
+
+    result = score(first, last)
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "scored_by_primary"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["bound"].value == 0.01 and "(bound 1%)" in check.description
+
+    # The bound is the deployment's: keel.toml moves it for the next run.
+    (home.home / "keel.toml").write_text("[scoring]\nmax_share_below_primary = 1.0\n")
+    result = score(first, last)
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "scored_by_primary"]
+    assert check.passed and check.metadata["bound"].value == 1.0
+
+
+def _train_window(end: dt.date) -> dg.ExecuteInProcessResult:
+    from definitions import defs
+
+    run_config = {"ops": {
+        "models__training_set": {"config": {"start": START.isoformat(), "end": end.isoformat(),
+                                            "valid_weeks": 2, "test_weeks": 2}},
+        "models__primary_model": {"config": {"search_trials": 1}},
+    }}
+    return defs.resolve_job_def("train_models").execute_in_process(
+        instance=dg.DagsterInstance.get(), run_config=run_config, raise_on_error=False)
+
+
+@pytest.mark.slow
+def test_overlapping_training_runs_each_evaluate_and_promote_their_own_model(home, monkeypatch):
+    # Regression: the training set had one fixed path and evaluation read whatever the
+    # challenger alias pointed at, so a run that overlapped another evaluated its model.
+    import threading
+
+    import assets.evaluation as evaluation
+
+    other: dict = {}
+    real_model_spec = evaluation.model_spec
+
+    def other_run_lands_first(keel):
+        # Run A has trained and registered; before it evaluates, run B trains on another
+        # window, registers, moves the challenger alias and writes its own training set.
+        if not other:
+            other["started"] = True
+            thread = threading.Thread(target=lambda: other.update(result=_train_window(dt.date(2013, 2, 21))))
+            thread.start()
+            thread.join()
+        return real_model_spec(keel)
+
+    monkeypatch.setattr(evaluation, "model_spec", other_run_lands_first)
+    a = _train_window(END)
+    b = other["result"]
+    assert b.success
+    a_version = metadata(a, "models__primary_model")["model_version"]
+    b_version = metadata(b, "models__primary_model")["model_version"]
+    assert a_version != b_version
+    a_report, b_report = metadata(a, "models__evaluation_report"), metadata(b, "models__evaluation_report")
+    assert a_report["challenger_version"] == a_version and b_report["challenger_version"] == b_version
+    assert a_report["holdout"].endswith("..2013-02-28") and b_report["holdout"].endswith("..2013-02-21")
+    assert metadata(a, "models__training_set")["path"] != metadata(b, "models__training_set")["path"]
+    # A's champion step decides on A's model, unless A's own gates stopped it before.
+    if a.asset_materializations_for_node("models__champion"):
+        assert f"v{a_version} " in metadata(a, "models__champion")["decision"]

@@ -11,20 +11,17 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from keel.drift import PSI_EMPTY_BIN_SHARE
-from keel.monitoring import (
+from keel.monitoring.drift import PSI_EMPTY_BIN_SHARE
+from keel.core.policies import TriggerPolicy
+from keel.monitoring.trigger import decide_retrain
+from keel.monitoring.daily import (
     INTENSITY_CAP,
-    TriggerPolicy,
     build_reference,
-    decide_retrain,
     calibrated_drift,
     drift_baseline,
     drift_intensity,
     feature_drift,
     performance,
-    plot_drift_timeline,
-    plot_performance,
-    plot_score_distribution,
     prediction_drift,
 )
 
@@ -481,28 +478,3 @@ def test_a_week_of_broken_feeds_triggers_a_retrain_end_to_end(reference):
 def test_a_policy_that_can_never_fire_is_rejected():
     with pytest.raises(ValueError, match="drift_days_required"):
         TriggerPolicy(drift_days_required=6, drift_window_days=5)
-
-
-# --- plots -------------------------------------------------------------------------------
-
-
-def test_plots_are_png_files_and_leave_pyplot_alone(tmp_path, reference, scored_reference):
-    import matplotlib.pyplot as plt
-
-    open_figures = plt.get_fignums()
-    records = [feature_drift(reference, frame, importance=IMPORTANCE, day=day)
-               for day, frame in [("2013-04-08", flights(40, 500)), ("2013-04-09", broken_day())]]
-    labels = np.random.default_rng(41).integers(0, 2, 60)
-    scores = np.random.default_rng(42).uniform(0, 1, 60)
-    dates = np.repeat(pd.date_range("2013-04-01", periods=6).to_numpy(), 10)
-
-    paths = [
-        plot_drift_timeline(records, tmp_path / "drift.png", policy=TriggerPolicy()),
-        plot_score_distribution(scored_reference, np.random.default_rng(43).beta(3, 5, 500), tmp_path / "scores.png"),
-        plot_performance(performance(labels, scores, dates), tmp_path / "perf" / "performance.png",
-                         policy=TriggerPolicy()),
-    ]
-
-    for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
-    assert plt.get_fignums() == open_figures

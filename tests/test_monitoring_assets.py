@@ -2,7 +2,7 @@
 check and Evidently's report), prediction drift and performance, written to the warehouse
 and read back as the retraining trigger reads them.
 
-The home is a copy of test_models' ``keel run`` template (2013-01-01..2013-02-28): one
+The home is a copy of conftest's ``keel run`` template (2013-01-01..2013-02-28): one
 model is trained on it (train January, validate February 1-14, test February 15-28), the
 test weeks are scored, the reference is built and ``monitor_daily`` runs over February
 20-28, the days the model never saw. The figures are checked against scipy and sklearn on
@@ -19,17 +19,18 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import RANGE_END, RANGE_START, query
+from conftest import query
 from scipy import stats
 from scipy.spatial import distance
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-from test_models import PRIMARY, _copy_home, registry, score, template, train  # noqa: F401 (fixture)
+from model_fixtures import PRIMARY, copy_home, materialize_reference, monitor, registry, score, train
 
-from keel import monitoring_store
-from keel.settings import KeelPaths, load_usecase
-from keel.warehouse import connect, ident
+from keel.monitoring import store as monitoring_store
+from keel.core.config import current
+from keel.core.settings import KeelPaths
+from keel.core.warehouse import connect, ident
 
-SPEC = load_usecase().model
+SPEC = current().usecase.model
 FIRST, LAST = dt.date(2013, 2, 20), dt.date(2013, 2, 28)
 DAYS = [FIRST + dt.timedelta(days=i) for i in range((LAST - FIRST).days + 1)]
 REFERENCE_WINDOW = (dt.date(2013, 1, 1), dt.date(2013, 2, 14))  # train + validation weeks
@@ -44,36 +45,10 @@ class Monitored:
     monitor: dg.ExecuteInProcessResult
 
 
-def materialize_reference() -> dg.ExecuteInProcessResult:
-    from definitions import defs
-
-    return dg.materialize(
-        [defs.get_assets_def(dg.AssetKey(["monitoring", "reference"]))],
-        instance=dg.DagsterInstance.get(),
-        resources={"keel": defs.resources["keel"], "mlflow": defs.resources["mlflow"]},
-    )
-
-
-def monitor(first: dt.date, last: dt.date, *, evidently: str = "never",
-            threshold: float | None = None) -> dg.ExecuteInProcessResult:
-    """``monitor_daily`` over ``first..last``: one partition, or a range in one run."""
-    from definitions import defs
-
-    config = {"evidently_html": evidently}
-    if threshold is not None:
-        config["calibrated_drift_share"] = threshold
-    partition = {"partition_key": first.isoformat()} if first == last else {
-        "tags": {RANGE_START: first.isoformat(), RANGE_END: last.isoformat()}}
-    return defs.resolve_job_def("monitor_daily").execute_in_process(
-        instance=dg.DagsterInstance.get(), raise_on_error=False,
-        run_config={"ops": {"monitoring__feature_drift": {"config": config}}}, **partition,
-    )
-
-
 @pytest.fixture(scope="module")
-def monitored(template, tmp_path_factory):  # noqa: F811 (the imported fixture)
+def monitored(template, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        paths = _copy_home(template, tmp_path_factory.mktemp("monitored") / "keel", patch)
+        paths = copy_home(template, tmp_path_factory.mktemp("monitored") / "keel", patch)
         assert train(trials=1).success
         assert score(SCORED_FROM, LAST).success
         built = materialize_reference()

@@ -7,7 +7,7 @@ import copy
 import dagster as dg
 import pytest
 
-from keel.promotion import GATES, PromotionGates, evaluate_gates, registered_names
+from keel.registry.promotion import GATES, PromotionGates, evaluate_gates, registered_names
 
 GATES_DEFAULT = PromotionGates()
 
@@ -21,7 +21,7 @@ SLICES = {("carrier", "UA"): 0.70, ("carrier", "EV"): 0.66, ("origin", "EWR"): 0
 
 def report(*, challenger=0.70, champion: float | None = 0.69, baseline=0.61, ece=0.03,
            single_row_p95=25.0, batch_p95=5.0, challenger_slices=None, reference_slices=None) -> dict:
-    """An evaluation report as keel.report.build_report makes it, reduced to what gates read."""
+    """An evaluation report as keel.ml.report.build_report makes it, reduced to what gates read."""
     doc = {
         "versions": {"challenger": 3, "champion": 2 if champion is not None else None, "fallback": 3, "baseline": 3},
         "candidates": {

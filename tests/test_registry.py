@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from keel import modeling, registry
-from test_modeling import SPEC, synthetic_flights
+from keel.ml import modeling
+from keel.ml.split import Split, time_split, training_set_hash
+from keel.registry import store as registry
+from synthetic import SPEC, synthetic_flights
 
 NAME = "flight_disruption"
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".cloudpickle", ".skops"}
@@ -40,8 +42,8 @@ def store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def split() -> modeling.Split:
-    return modeling.time_split(synthetic_flights(), SPEC)
+def split() -> Split:
+    return time_split(synthetic_flights(), SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def primary(split) -> modeling.TrainedModel:
 @pytest.fixture(scope="module")
 def lineage_record(split) -> dict:
     return {
-        "training_set_hash": modeling.training_set_hash(split.train, SPEC),
+        "training_set_hash": training_set_hash(split.train, SPEC),
         "split": split.summary(),
         "features_relation": SPEC.features_relation,
         "code_version": "5b95c36",
@@ -86,7 +88,7 @@ def test_the_logged_model_is_lightgbm_text_and_nothing_is_pickled(store, registe
     assert {p.name for p in model_txt[0].parent.iterdir()} == {"model.txt", "encoder.json", "model.json"}
     assert not [p for p in _files(store) if p.suffix in PICKLE_SUFFIXES]
     mlmodel = json.dumps(mlflow.models.Model.load(registered.model_uri).to_dict())
-    assert '"loader_module": "keel.registry"' in mlmodel and "pickle" not in mlmodel
+    assert '"loader_module": "keel.registry.store"' in mlmodel and "pickle" not in mlmodel
 
 
 def test_a_registered_version_predicts_identically_after_loading(split, primary, registered):

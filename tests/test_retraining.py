@@ -9,15 +9,16 @@ import json
 import dagster as dg
 import pandas as pd
 import pytest
-from conftest import USECASE
-from test_models import PRIMARY, registry, train
-from test_models import home, template, trained  # noqa: F401  (fixtures)
+from conftest import USECASE, write_config
+from model_fixtures import PRIMARY, registry, train
 
-from keel import monitoring_store, retraining
-from keel.monitoring import TriggerPolicy
-from keel.promotion import GATES
-from keel.retraining import Champion, RetrainSettings
-from keel.warehouse import connect
+from keel.monitoring import store as monitoring_store
+from keel.monitoring import retraining
+from keel.core.config import current
+from keel.core.policies import RetrainPolicy, TriggerPolicy
+from keel.registry.promotion import GATES
+from keel.monitoring.retraining import Champion
+from keel.core.warehouse import connect
 
 CHAMPION = Champion("flight_disruption", 1, dt.date(2013, 2, 28))
 
@@ -51,11 +52,11 @@ def con(tmp_path):
         yield connection
 
 
-def settings(**trigger) -> RetrainSettings:
-    return RetrainSettings(trigger=TriggerPolicy(**trigger), training_days=84, valid_weeks=2, test_weeks=2)
+def settings(**trigger) -> RetrainPolicy:
+    return RetrainPolicy(trigger=TriggerPolicy(**trigger), training_days=84, valid_weeks=2, test_weeks=2)
 
 
-def decide_all(con, settings: RetrainSettings, champion: Champion = CHAMPION) -> list:
+def decide_all(con, settings: RetrainPolicy, champion: Champion = CHAMPION) -> list:
     out = []
     for day in retraining.days_to_decide(con, champion, None, settings.decide_every_days):
         decision = retraining.decide(con, settings, champion, day)
@@ -119,9 +120,26 @@ def test_only_days_after_the_champions_window_are_decided_and_weekly_decisions_s
     assert retraining.days_to_decide(con, CHAMPION, None, every=7) == [_day(7), _day(14)]
 
 
+def test_a_day_monitored_after_later_days_were_decided_is_decided_once(con):
+    # Regression: the trigger's cursor is the last day decided, so a day that landed late,
+    # after later days were decided, was never decided.
+    write_monitoring(con, {_day(i): 0.0 for i in (1, 2, 4)})
+    retraining.ensure_table(con)
+    assert len(decide_all(con, settings())) == 3
+    write_monitoring(con, {_day(3): 0.0})
+    assert retraining.days_to_decide(con, CHAMPION, _day(4)) == []
+    assert retraining.late_days(con, CHAMPION, _day(4)) == [_day(3)]
+    decision = retraining.decide(con, settings(), CHAMPION, _day(3))
+    retraining.record(con, decision, CHAMPION, window=None, run_key=None)
+    assert retraining.late_days(con, CHAMPION, _day(4)) == []
+    assert retraining.late_days(con, CHAMPION, None) == []
+    (days,) = con.execute("select count(distinct day) from audit.retrain_decisions").fetchone()
+    assert days == 4
+
+
 def test_settings_refuse_a_window_too_short_for_its_split():
     with pytest.raises(ValueError, match="training_days"):
-        RetrainSettings(trigger=TriggerPolicy(), training_days=20, valid_weeks=2, test_weeks=2)
+        RetrainPolicy(trigger=TriggerPolicy(), training_days=20, valid_weeks=2, test_weeks=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,16 +147,15 @@ def test_settings_refuse_a_window_too_short_for_its_split():
 
 
 def evaluate_trigger(cursor: str | None = None, **policy):
+    """The sensor's tick, with ``policy`` as the home's keel.toml [retraining]."""
     from definitions import defs
-    from resources.keel_state import KeelState
-    from resources.mlflow import MlflowRegistry
-    from resources.retrain import RetrainPolicy
 
-    context = dg.build_sensor_context(
+    write_config(current().home, retraining=policy)
+    with dg.build_sensor_context(
         instance=dg.DagsterInstance.get(), cursor=cursor, definitions=defs,
-        resources={"keel": KeelState(), "mlflow": MlflowRegistry(), "retraining_policy": RetrainPolicy(**policy)},
-    )
-    return defs.resolve_sensor_def("retraining_trigger").evaluate_tick(context)
+        resources={"keel": defs.resources["keel"], "mlflow": defs.resources["mlflow"]},
+    ) as context:
+        return defs.resolve_sensor_def("retraining_trigger").evaluate_tick(context)
 
 
 def test_the_sensor_skips_while_no_champion_exists(home):
@@ -171,7 +188,7 @@ def test_the_sensor_requests_train_models_on_the_window_ending_the_day_it_fired(
     assert recorded[2]["run_key"] == request.run_key
     assert json.dumps(recorded[2]["signals"]["important_drift"]["days"])
     # keel status --json shows the same decisions, and the monitored days.
-    from keel.status import collect
+    from keel.app.status import collect
 
     doc = collect(paths.warehouse, _day(1), _day(5))
     assert [(d["day"], d["retrain"], d["fired"]) for d in doc["retraining"]] == [
@@ -193,7 +210,7 @@ def send_a_botched_release(landing, day: dt.date) -> int:
     under internal codes never seen before (one per airline, so no flight's key collides) and
     the destination field stuck on one value. Its contract still holds (well-formed codes),
     so no gate stops it; only drift monitoring can."""
-    from keel.landing import file_for, write_atomically
+    from keel.data.landing import file_for, write_atomically
 
     path = file_for(landing, USECASE.table("flights"), day)
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -207,15 +224,13 @@ def send_a_botched_release(landing, day: dt.date) -> int:
 @pytest.mark.slow
 def test_a_stuck_feed_fails_the_drift_check_requests_a_retrain_and_the_gates_decide(home):
     from definitions import defs
-    from keel.replay import replay
-    from keel.simulate import SimulatedDaemon
-    from resources.retrain import RetrainPolicy
+    from keel.data.replay import replay
+    from keel.app.simulate import SimulatedDaemon
 
     assert train().success  # the champion, v1, trained through February 28
+    write_config(home.home, retraining={"training_days": 42})
     lines: list[str] = []
-    daemon = SimulatedDaemon(
-        defs, dg.DagsterInstance.get(), retraining_policy=RetrainPolicy(training_days=42), out=lines.append,
-    )
+    daemon = SimulatedDaemon(defs, dg.DagsterInstance.get(), out=lines.append)
     daemon.tick(dt.date(2013, 2, 28))  # the deployment's first tick: the champion's reference
     days = [_day(i) for i in range(1, 5)]
     replay(USECASE, home.landing, days[0], days[-1])
@@ -234,7 +249,7 @@ def test_a_stuck_feed_fails_the_drift_check_requests_a_retrain_and_the_gates_dec
     assert gates == (2 * len(days),), "the stuck feed passes every data gate"
     assert [d for d, *_ in drift] == days
     for _, share, beyond in drift:
-        assert share >= monitoring_store.CALIBRATED_DRIFT_SHARE
+        assert share >= current().trigger.calibrated_drift_share
         assert {"carrier", "dest"} <= {f["feature"] for f in json.loads(beyond)}
     failed = {(f["check"], f["partition"]) for f in daemon.state.failed_checks}
     assert {("important_feature_drift", day.isoformat()) for day in days} <= failed

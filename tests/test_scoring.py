@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from test_modeling import SPEC, synthetic_flights
+from synthetic import SPEC, synthetic_flights
 
-from keel import modeling
-from keel.datasets import corrupt_labels, split_weeks
-from keel.scoring import PREDICTION_COLUMNS, Tier, load_tiers, score_days, write_predictions
+from keel.ml import modeling
+from keel.ml.split import Split, time_split
+from keel.ml.datasets import corrupt_labels, split_weeks
+from keel.ml.predictions import prediction_columns, write_predictions
+from keel.ml.scoring import Tier, load_tiers, score_days
 
 SCORED_AT = dt.datetime(2013, 5, 1, 6, 0)
 
 
 @pytest.fixture(scope="module")
-def split() -> modeling.Split:
-    return modeling.time_split(synthetic_flights(days=60, per_day=80), SPEC, valid_weeks=2, test_weeks=2)
+def split() -> Split:
+    return time_split(synthetic_flights(days=60, per_day=80), SPEC, valid_weeks=2, test_weeks=2)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,9 @@ def days_of(frame: pd.DataFrame) -> list[dt.date]:
 def test_the_champion_scores_every_day_when_it_works(split, models):
     frame = split.test
     result = score_days(frame, "flight_id", "flight_date", days_of(frame), tiers(models), SCORED_AT)
-    assert list(result.predictions.columns) == list(PREDICTION_COLUMNS)
+    assert list(result.predictions.columns) == ["flight_id", "flight_date", "score", "tier", "model_name",
+                                               "model_version", "scored_at"]
+    assert list(result.predictions.columns) == list(prediction_columns(SPEC.key, SPEC.date_column))
     assert len(result.predictions) == len(frame)
     assert set(result.predictions["tier"]) == {"primary"} and set(result.predictions["model_version"]) == {1}
     expected = models["primary"].predict(frame)
@@ -75,6 +80,7 @@ def test_a_day_the_primary_fails_on_goes_to_the_fallback_alone(split, models):
     assert per_day[days[3]]["primary"] == 0
     assert all(per_day[d]["primary"] > 0 and per_day[d]["fallback"] == 0 for d in days if d != days[3])
     assert len(result.failures) == 1 and result.failures[0].startswith(f"{days[3]} primary v1: ValueError")
+    assert result.days_not_on_primary() == [str(days[3])]
 
 
 def test_scoring_fails_loudly_when_no_tier_can_score(split, models):
@@ -104,16 +110,31 @@ def test_writing_a_range_replaces_exactly_its_days(split, models, tmp_path):
     first = score_days(frame, "flight_id", "flight_date", days, tiers(models), SCORED_AT)
     path = tmp_path / "warehouse.duckdb"
     with duckdb.connect(str(path)) as con:
-        write_predictions(con, first.predictions, days)
+        write_predictions(con, SPEC, first.predictions, days)
         rescored = score_days(frame[frame["flight_date"] == days[0]], "flight_id", "flight_date", days[:1],
                               tiers(models, primary="gone"), SCORED_AT)
-        write_predictions(con, rescored.predictions, days[:1])
+        write_predictions(con, SPEC, rescored.predictions, days[:1])
         rows = dict(con.execute(
             "select tier, count(*) from serving.predictions group by tier").fetchall())
         (total,) = con.execute("select count(*) from serving.predictions").fetchone()
     on_day = int((frame["flight_date"] == days[0]).sum())
     assert total == len(frame)
     assert rows == {"fallback": on_day, "primary": len(frame) - on_day}
+
+
+def test_the_predictions_table_is_keyed_by_the_model_specs_key_and_date(split, models, tmp_path):
+    spec = dataclasses.replace(SPEC, key="order_id", date_column="order_date")
+    frame = split.test.rename(columns={"flight_id": "order_id", "flight_date": "order_date"})
+    days = sorted(set(frame["order_date"]))[:3]
+    frame = frame[frame["order_date"].isin(days)]
+    # The models read features only: the renamed key and date are the table's business.
+    result = score_days(frame, spec.key, spec.date_column, days, tiers(models), SCORED_AT)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        write_predictions(con, spec, result.predictions, days)
+        columns = [name for name, *_ in con.execute("describe serving.predictions").fetchall()]
+        stored = con.execute("select order_id, order_date from serving.predictions order by all").fetchall()
+    assert columns == ["order_id", "order_date", "score", "tier", "model_name", "model_version", "scored_at"]
+    assert stored == sorted(zip(frame["order_id"].astype(str), frame["order_date"]))
 
 
 def test_split_weeks_keep_half_the_window_for_training():

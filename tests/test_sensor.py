@@ -8,19 +8,21 @@ import dagster as dg
 import pytest
 from conftest import FIRST_DAY, LAST_DAY, RANGE_END, RANGE_START, USECASE
 
-from keel.replay import replay
+from keel.data.replay import replay
 from resources.keel_state import KeelState
-from sensors.landing import contiguous_ranges, landing_zone_sensor, plan_runs
+from keel.core.dates import contiguous_ranges
+from sensors.landing import MAX_RETRIES, RUN_KEY_TAG, landing_zone_sensor, plan_retries, plan_runs
 
 CALENDAR_START = USECASE.start.isoformat()
 D = dt.date
 
 
-def tick(cursor: str | None = None) -> tuple[list[dg.RunRequest], str]:
-    context = dg.build_sensor_context(
-        cursor=cursor, resources={"keel": KeelState()}, instance=dg.DagsterInstance.ephemeral()
-    )
-    result = landing_zone_sensor(context)
+def tick(cursor: str | None = None, instance: dg.DagsterInstance | None = None) -> tuple[list[dg.RunRequest], str]:
+    # A context manager: KeelState sets itself up (the lock of a run) like any resource.
+    with dg.build_sensor_context(
+        cursor=cursor, resources={"keel": KeelState()}, instance=instance or dg.DagsterInstance.ephemeral()
+    ) as context:
+        result = landing_zone_sensor(context)
     return list(result.run_requests or []), result.cursor
 
 
@@ -207,3 +209,55 @@ def test_plan_runs_requests_changed_and_newly_missing_days(files, cursor, ranges
     assert snapshots_changed is snapshots
     assert new_cursor["missing"] == missing
     assert new_cursor["files"] == {path: version for path, (version, _) in files.items()}
+
+
+def launch(pipeline, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """Run a requested job in process, tagged with its run key as the daemon tags it."""
+    return pipeline.run_job(request.job_name, {**request.tags, RUN_KEY_TAG: request.run_key})
+
+
+def test_a_run_that_crashed_is_requested_again_but_a_gated_one_is_not(replayed_home, pipeline):
+    # Regression: the cursor advanced past files whose ingestion crashed, so they were never
+    # requested again until they changed.
+    requests, cursor = tick(instance=pipeline.instance)
+    (daily,) = [r for r in requests if r.job_name == "ingest_daily"]
+    replayed_home.warehouse.mkdir(parents=True)  # a warehouse nobody can open: the run crashes
+    crashed = launch(pipeline, daily)
+    assert not crashed.success and not crashed.get_asset_check_evaluations()
+    replayed_home.warehouse.rmdir()
+
+    requests, cursor = tick(cursor, pipeline.instance)
+    (retry,) = [r for r in requests if r.job_name == "ingest_daily"]
+    assert retry.run_key == f"{daily.run_key}:retry1"
+    assert (retry.tags[RANGE_START], retry.tags[RANGE_END]) == (FIRST_DAY.isoformat(), LAST_DAY.isoformat())
+    assert [r.job_name for r in requests] == ["ingest_daily"], "the snapshot run never ran: still pending"
+    assert launch(pipeline, retry).success
+    assert pipeline.query("select count(distinct partition_date) from raw._files where table_name = 'flights'") == [(12,)]
+
+    # A rewritten day that fails its gates is ingested: its verdict stands, no retry.
+    day = D(2013, 3, 6)
+    replay(USECASE, replayed_home.landing, day, day, fault="missing_column", fault_date=day)
+    requests, cursor = tick(cursor, pipeline.instance)
+    (rewritten,) = [r for r in requests if r.job_name == "ingest_daily"]
+    assert (rewritten.tags[RANGE_START], rewritten.tags[RANGE_END]) == (day.isoformat(), day.isoformat())
+    gated = launch(pipeline, rewritten)
+    assert not gated.success and pipeline.gate_status()[("flights", day)][0] is False
+    requests, cursor = tick(cursor, pipeline.instance)
+    assert [r.job_name for r in requests] == []
+    assert [key for key in json.loads(cursor)["pending"] if key.startswith("days:")] == []
+
+
+def test_plan_retries_waits_for_the_run_and_gives_up_after_the_last_attempt():
+    files = {"flights/2013-03-01.csv": ("v1", D(2013, 3, 1))}
+    request = {"job": "ingest_daily", "tags": {}, "files": {"flights/2013-03-01.csv": "v1"}, "attempt": 0}
+    pending = {"days:a": request}
+
+    assert plan_retries(pending, files, {}, set()) == ({}, pending, []), "still running"
+    assert plan_retries(pending, files, None, {"days:a"}) == ({}, pending, []), "warehouse busy"
+    assert plan_retries(pending, files, {"flights/2013-03-01.csv": "v1"}, {"days:a"}) == ({}, {}, [])
+    rewritten = {"flights/2013-03-01.csv": ("v2", D(2013, 3, 1))}
+    assert plan_retries(pending, rewritten, {}, {"days:a"}) == ({}, {}, []), "the new version has its own request"
+    retries, keep, _ = plan_retries(pending, files, {}, {"days:a"})
+    assert retries == {"days:a:retry1": {**request, "attempt": 1}} and keep == {}
+    last = {"days:a:retry3": {**request, "attempt": MAX_RETRIES}}
+    assert plan_retries(last, files, {}, {"days:a:retry3"}) == ({}, {}, ["days:a:retry3"])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import dagster as dg
 import pytest
-from conftest import query
+from conftest import query, untimed_home
 
-from keel.cli import main
+from keel.app.cli import main
 
 
 @pytest.mark.slow
@@ -18,7 +19,9 @@ def test_simulate_replays_retrains_and_reports_champion_and_static_auc_per_month
     monkeypatch.setenv("KEEL_HOME", str(tmp_path / "keel"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "keel" / "dagster"))
     monkeypatch.setenv("KEEL_TRAIN_THREADS", "1")
+    monkeypatch.setenv("KEEL_CONFIG", "")  # empty: unset; simulate points it at the replay's keel.toml
     monkeypatch.delenv("KEEL_PROMOTION_POLICY", raising=False)
+    untimed_home(tmp_path / "keel")  # the replay's keel.toml inherits it
     code = main(["simulate", "--start", "2013-01-01", "--end", "2013-03-14", "--warmup-end", "2013-02-28",
                  "--tick-days", "7", "--home", str(home), "--json"])
     assert code == 0
@@ -45,6 +48,11 @@ def test_simulate_replays_retrains_and_reports_champion_and_static_auc_per_month
     assert result["promotions"] + result["rejections"] + result["training_failures"] <= result["retrains"]
     assert (home / "simulation" / "timeline.png").stat().st_size > 10_000
     assert json.loads((home / "simulation" / "summary.json").read_text())["months"] == result["months"]
+    # The replay ran under the keel.toml it wrote in its home, and counted drifted days by it.
+    written = tomllib.loads((home / "keel.toml").read_text())
+    assert (written["retraining"]["decide_every_days"], written["training"]["threads"]) == (1, 1)
+    assert result["drift_bar"] == written["retraining"]["calibrated_drift_share"]
+    assert written["promotion"]["batch_p95_ms"] == 1e9  # from the home it was started from
     # The runs are in the replay's own Dagster instance, for the UI.
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     runs = dg.DagsterInstance.get().get_runs()

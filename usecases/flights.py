@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from keel.spec import FaultPlan, GateThresholds, ModelSpec, TableSpec, UseCase
+from keel.core.spec import BusinessMetric, FaultPlan, GateThresholds, ModelSpec, NullSpellings, ServingSpec, TableSpec, UseCase
+from usecases.flights_live import LiveFeatureStore, live_plan
 from usecases.flights_online import FEATURE_COLUMNS, feature_skew_days
 
 TIMEZONE = "America/New_York"
@@ -202,6 +203,14 @@ def _out_of_range(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return df
 
 
+def _weather_out_of_range(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Humidity above 100% on a few of the day's hourly observations (a sensor's unit slip)."""
+    df = df.copy()
+    hit = rng.choice(len(df), size=max(3, int(len(df) * 0.05)), replace=False)
+    df.loc[df.index[hit], "humid"] = df.loc[df.index[hit], "humid"].fillna(50.0) + 150.0
+    return df
+
+
 HOUR_BANDS = ((0, "night"), (6, "morning"), (12, "afternoon"), (18, "evening"))
 """Departure-hour bands for slice metrics: each band starts at its local hour."""
 
@@ -215,9 +224,25 @@ def departure_hour_band(frame: pd.DataFrame) -> pd.Series:
     return band.where(hours.notna(), None)
 
 
+# The business metric, per served prediction at the operating threshold. Assumptions of the demo,
+# not measurements: an operations desk that is warned of a disruption before departure
+# rebooks connections, re-crews and tells passengers in time, worth about 400 USD a flight;
+# a false alarm costs the desk's time and a needless notice, about 60 USD. A disruption the
+# model misses costs what it would have cost without Keel, and a quiet flight left alone
+# costs nothing: both are 0, so the metric is the value Keel adds over no alerts at all.
+DISRUPTION_ALERTS = BusinessMetric(
+    name="net value of disruption alerts",
+    unit="USD",
+    true_positive=400.0,
+    false_positive=60.0,
+    false_negative=0.0,
+    true_negative=0.0,
+)
+
 MODEL = ModelSpec(
     features_relation="marts.flight_features",
     labels_relation="marts.flight_labels",
+    corrections_relation="marts.label_corrections",
     key="flight_id",
     date_column="flight_date",
     label="is_disrupted",
@@ -231,7 +256,31 @@ MODEL = ModelSpec(
     baseline_feature="route_disruption_rate_28d",
     slices=("carrier", "origin", "month", "dep_hour_band"),
     derived={"dep_hour_band": departure_hour_band},
+    # Scheduled arrival + 15 minutes (a later arrival is a disruption by then), or scheduled
+    # departure + 24 hours when the destination's zone is unknown (flight_labels.yml).
+    label_resolved_column="label_resolved_at_utc",
+    business=DISRUPTION_ALERTS,
 )
+
+SERVING = ServingSpec(
+    # A request is a scheduled flight as the published schedule knows it (no outcomes).
+    request_table="flights",
+    request_columns=("year", "month", "day", "carrier", "flight", "tailnum", "origin", "dest",
+                     "sched_dep_time", "sched_arr_time", "distance", "hour", "minute", "time_hour"),
+    load_store=LiveFeatureStore,
+    features=LiveFeatureStore.feature_records,
+    snapshot_schema="online",
+    # The day's schedule and actual departures as they happen (rows of flights without
+    # arrival outcomes), and the weather observations.
+    event_tables=("flights", "weather"),
+    apply_events=LiveFeatureStore.apply,
+    live_plan=live_plan,
+)
+
+# The upstream system writes a null as an empty field and quotes every text value, so an
+# unquoted empty field is a null in every column and "" is an empty string. It never writes
+# NA, null or NaN: a file holding them has changed, and its rows are quarantined.
+UPSTREAM_NULLS = NullSpellings(typed=("",), text=("",))
 
 USECASE = UseCase(
     name="flight_disruption",
@@ -244,6 +293,7 @@ USECASE = UseCase(
             partitioned=True,
             null_when={"tailnum": "dep_time is null"},
             gates=GateThresholds(null_rate_overrides=_FLIGHT_OUTCOMES_NOT_GATED),
+            null_spellings=UPSTREAM_NULLS,
         ),
         TableSpec(
             name="weather",
@@ -254,17 +304,21 @@ USECASE = UseCase(
             # Gusts are reported only when there are gusts; pressure drops out for hours
             # at a time at these stations, so it gets a wider tolerance.
             gates=GateThresholds(null_rate_overrides={"wind_gust": None, "pressure": 0.6}),
+            null_spellings=UPSTREAM_NULLS,
         ),
-        TableSpec("planes", PLANES.description, PLANES, ("tailnum",), partitioned=False),
-        TableSpec("airports", AIRPORTS.description, AIRPORTS, ("faa",), partitioned=False),
-        TableSpec("airlines", AIRLINES.description, AIRLINES, ("carrier",), partitioned=False),
+        TableSpec("planes", PLANES.description, PLANES, ("tailnum",), partitioned=False,
+                  null_spellings=UPSTREAM_NULLS),
+        TableSpec("airports", AIRPORTS.description, AIRPORTS, ("faa",), partitioned=False,
+                  null_spellings=UPSTREAM_NULLS),
+        TableSpec("airlines", AIRLINES.description, AIRLINES, ("carrier",), partitioned=False,
+                  null_spellings=UPSTREAM_NULLS),
     ),
     start=dt.date(2013, 1, 1),
     end=dt.date(2013, 12, 31),
     timezone=TIMEZONE,
     source=_source,
     row_date=lambda table, df: _row_date(df),
-    faults=FaultPlan(
+    faults=(FaultPlan(
         table="flights",
         rename=("dep_delay", "dep_delay_minutes"),
         missing="arr_delay",
@@ -272,7 +326,16 @@ USECASE = UseCase(
         text_format="{:,.0f} mi",
         null_spike="tailnum",
         out_of_range=_out_of_range,
-    ),
+    ), FaultPlan(
+        table="weather",
+        rename=("temp", "temperature"),
+        missing="humid",
+        numeric_as_text="pressure",
+        text_format="{:.1f} mb",
+        null_spike="temp",
+        out_of_range=_weather_out_of_range,
+    )),
     feature_skew=feature_skew_days,
     model=MODEL,
+    serving=SERVING,
 )

@@ -5,6 +5,8 @@ and time bucket; ``marts.flight_features`` is nothing but the join of those tabl
 scheduled flights. ``OnlineFeatureStore`` loads the same tables into memory and performs the
 same join for a request with dictionary and array lookups, so serving and training see the
 same values. ``feature_skew_sample`` proves it on a day of the mart.
+The dense time series, the row comparison and the skew sampling are the framework's
+(``keel.ml.online``); this module holds the flights' keys and lookups.
 
 Keys of the lookups, for a flight with local date D and prediction moment p (scheduled
 departure UTC - 2 h, ``time_hour + minute - 120 min``):
@@ -37,6 +39,9 @@ from collections.abc import Sequence
 import duckdb
 import numpy as np
 import pandas as pd
+
+from keel.ml.online import MISMATCH_FIELDS, dense_series_by, skew_days, skew_sample
+from keel.ml.online import compare_feature_rows as compare_rows
 
 PREDICTION_LEAD_MINUTES = 120
 """Keel predicts a flight this long before its scheduled departure (as the dbt models do)."""
@@ -109,42 +114,6 @@ def _utc_minutes(time_hour) -> np.ndarray:
     return values.astype("datetime64[m]").astype(np.int64)
 
 
-class _DenseTimeSeries:
-    """Rows of one origin indexed by time bucket: an array offset instead of a hash lookup."""
-
-    __slots__ = ("first", "step", "values")
-
-    def __init__(self, buckets: np.ndarray, values: np.ndarray, step: int, fill):
-        self.first = int(buckets.min())
-        self.step = step
-        size = int(buckets.max() - self.first) // step + 1
-        dense = np.full((size, values.shape[1]), fill, dtype=values.dtype)
-        dense[(buckets - self.first) // step] = values
-        self.values = dense
-
-    def row(self, bucket: int):
-        """The row of the bucket starting at ``bucket`` (minutes since the epoch), or None."""
-        offset, remainder = divmod(bucket - self.first, self.step)
-        if remainder == 0 and 0 <= offset < len(self.values):
-            return self.values[offset]
-        return None
-
-
-def _by_origin(data: dict, value_columns, step: int, dtype, fill) -> dict[str, _DenseTimeSeries]:
-    """Columns fetched from a table keyed by (origin, bucket), as one dense series per origin."""
-    origins = np.asarray(data["origin"], dtype=object)
-    buckets = np.asarray(data["bucket"], dtype=np.int64)
-    if np.dtype(dtype).kind == "f":
-        columns = [np.ma.filled(np.ma.asarray(data[c]).astype(np.float64), np.nan) for c in value_columns]
-    else:
-        columns = [np.asarray(data[c]) for c in value_columns]
-    values = np.column_stack(columns).astype(dtype) if len(buckets) else np.empty((0, len(value_columns)), dtype)
-    return {
-        origin: _DenseTimeSeries(buckets[origins == origin], values[origins == origin], step, fill)
-        for origin in np.unique(origins)
-    }
-
-
 class OnlineFeatureStore:
     """The online.* lookup tables of a Keel warehouse, in memory.
 
@@ -203,16 +172,16 @@ class OnlineFeatureStore:
                        epoch_ms(observed_at_utc) // 60000 as observed, {', '.join(_WEATHER_VALUES)}
                 from online.origin_weather_hourly"""
         ).fetchnumpy()
-        self.weather = _by_origin(weather, ("observed", *_WEATHER_VALUES), step=60,
-                                  dtype=np.float64, fill=np.nan)
+        self.weather = dense_series_by(weather, "origin", ("observed", *_WEATHER_VALUES), step=60,
+                                       dtype=np.float64, fill=np.nan)
         ops = con.execute(
             f"""select origin, epoch_ms(prediction_at_utc) // 60000 as bucket,
                        {', '.join(_OPS_COUNTS)}, origin_mean_dep_delay_3h
                 from online.origin_ops_minutely"""
         ).fetchnumpy()
-        self.ops_counts = _by_origin(ops, _OPS_COUNTS, step=1, dtype=np.int32, fill=0)
-        self.ops_delay = _by_origin(ops, ("origin_mean_dep_delay_3h",), step=1,
-                                    dtype=np.float64, fill=np.nan)
+        self.ops_counts = dense_series_by(ops, "origin", _OPS_COUNTS, step=1, dtype=np.int32, fill=0)
+        self.ops_delay = dense_series_by(ops, "origin", ("origin_mean_dep_delay_3h",), step=1,
+                                         dtype=np.float64, fill=np.nan)
 
     # -- serving -------------------------------------------------------------------------
 
@@ -337,7 +306,7 @@ def _or_prior(rates: Sequence, prior: np.ndarray) -> np.ndarray:
 
 # -- skew check ----------------------------------------------------------------------------
 
-MISMATCH_COLUMNS = ("flight_id", "column", "kind", "mart_value", "online_value")
+MISMATCH_COLUMNS = (KEY_COLUMN, *MISMATCH_FIELDS)
 
 
 def feature_skew_sample(
@@ -363,22 +332,20 @@ def feature_skew_sample(
         mart = con.execute(
             "select * from marts.flight_features where flight_date = ? order by flight_id", [day]
         ).df()
-        rng = np.random.default_rng(seed)
-        picked = rng.choice(len(mart), size=min(sample_size, len(mart)), replace=False)
-        mart = mart.iloc[np.sort(picked)].reset_index(drop=True)
         raw = con.execute(
             f"select {', '.join(RAW_FLIGHT_COLUMNS)} from validated.flights where _partition_date = ?",
             [day],
         ).df()
     finally:
         con.close()
-    raw.index = [
-        flight_id(r.year, r.month, r.day, r.carrier, r.flight, r.origin)
-        for r in raw.itertuples(index=False)
-    ]
-    requests = raw.loc[raw.index.intersection(mart[KEY_COLUMN])].reset_index(drop=True)
-    online = (store or OnlineFeatureStore(db_path)).get_features(requests)
-    return len(mart), compare_feature_rows(mart, online)
+    raw.index = _flight_ids(raw)
+    return skew_sample(mart, raw, (store or OnlineFeatureStore(db_path)).get_features, key=KEY_COLUMN,
+                       columns=FEATURE_COLUMNS, sample_size=sample_size, seed=seed)
+
+
+def _flight_ids(raw: pd.DataFrame) -> list[str]:
+    return [flight_id(r.year, r.month, r.day, r.carrier, r.flight, r.origin)
+            for r in raw.itertuples(index=False)]
 
 
 def feature_skew_days(
@@ -412,82 +379,19 @@ def feature_skew_days(
         ).df()
     finally:
         con.close()
-    mart_rows = pd.Series(np.arange(len(marts))).groupby(pd.to_datetime(marts["flight_date"]).dt.date).indices
-    raw_rows = pd.Series(np.arange(len(raw))).groupby(pd.to_datetime(raw["_partition_date"]).dt.date).indices
-    raw = raw.drop(columns="_partition_date")
-    raw.index = [
-        flight_id(r.year, r.month, r.day, r.carrier, r.flight, r.origin)
-        for r in raw.itertuples(index=False)
-    ]
-    picked_rows, request_rows, sampled = [], [], {}
-    for day in days:
-        rows = mart_rows.get(day, np.empty(0, dtype=np.int64))
-        rng = np.random.default_rng(day.toordinal())
-        picked = rows[np.sort(rng.choice(len(rows), size=min(sample_size, len(rows)), replace=False))]
-        picked_rows.append(picked)
-        sampled[day] = marts[KEY_COLUMN].to_numpy()[picked]
-        day_raw = raw_rows.get(day, np.empty(0, dtype=np.int64))
-        request_rows.append(day_raw[raw.index[day_raw].isin(sampled[day])])
-    mart = marts.iloc[np.concatenate(picked_rows)].reset_index(drop=True)
-    requests = raw.iloc[np.concatenate(request_rows)].reset_index(drop=True)
-    online = (store or OnlineFeatureStore(db_path)).get_features(requests)
-    # One comparison for the whole range, its differences handed back to their days; a
-    # column-level difference (missing column, dtype) concerns every day.
-    mismatches = compare_feature_rows(mart, online)
-    whole_table = mismatches[mismatches[KEY_COLUMN].isna()]
-    return {
-        day: (
-            len(keys),
-            pd.concat([whole_table, mismatches[mismatches[KEY_COLUMN].isin(keys)]], ignore_index=True)
-            if len(mismatches) else mismatches,
-        )
-        for day, keys in sampled.items()
-    }
+    raw.index = _flight_ids(raw.drop(columns="_partition_date"))
+    return skew_days(marts, raw, (store or OnlineFeatureStore(db_path)).get_features, days, key=KEY_COLUMN,
+                     columns=FEATURE_COLUMNS, sample_size=sample_size, mart_day="flight_date",
+                     request_day="_partition_date")
 
 
 def compare_feature_rows(mart: pd.DataFrame, online: pd.DataFrame, rel_tol: float = 1e-9) -> pd.DataFrame:
     """Every difference between feature rows of the same flights (matched on flight_id).
 
-    Floats agree within ``rel_tol`` relative (null equals null), everything else exactly.
+    Floats agree within ``rel_tol`` relative (null equals null), everything else exactly
+    (``keel.ml.online.compare_feature_rows``).
     """
-    mismatches: list[tuple] = []
-    columns = [c for c in OUTPUT_COLUMNS if c != KEY_COLUMN]
-    for name in columns:
-        if name not in online.columns or name not in mart.columns:
-            mismatches.append((None, name, "missing_column",
-                               "present" if name in mart.columns else None,
-                               "present" if name in online.columns else None))
-        elif mart[name].dtype != online[name].dtype:
-            mismatches.append((None, name, "dtype", str(mart[name].dtype), str(online[name].dtype)))
-    mart_rows = mart.set_index(KEY_COLUMN)
-    online_rows = online.set_index(KEY_COLUMN)
-    for key in mart_rows.index.difference(online_rows.index):
-        mismatches.append((key, None, "missing_row", "present", None))
-    for key in online_rows.index.difference(mart_rows.index):
-        mismatches.append((key, None, "missing_row", None, "present"))
-    shared = mart_rows.index.intersection(online_rows.index)
-    for name in columns:
-        if name not in online_rows.columns or name not in mart_rows.columns:
-            continue
-        left, right = mart_rows.loc[shared, name], online_rows.loc[shared, name]
-        differs = ~_agree(left, right, rel_tol)
-        for key, a, b in zip(shared[differs], left[differs], right[differs]):
-            mismatches.append((key, name, "value", a, b))
-    return pd.DataFrame(mismatches, columns=list(MISMATCH_COLUMNS))
-
-
-def _agree(left: pd.Series, right: pd.Series, rel_tol: float) -> np.ndarray:
-    left_missing, right_missing = left.isna().to_numpy(), right.isna().to_numpy()
-    both_present = ~left_missing & ~right_missing
-    numeric = pd.api.types.is_numeric_dtype(left) and pd.api.types.is_numeric_dtype(right)
-    if numeric and (pd.api.types.is_float_dtype(left) or pd.api.types.is_float_dtype(right)):
-        a = left.to_numpy(dtype=np.float64, na_value=np.nan)
-        b = right.to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            close = (a == b) | (np.abs(a - b) <= rel_tol * np.maximum(np.abs(a), np.abs(b)))
-    else:
-        close = np.array([x == y for x, y in zip(left.to_numpy(), right.to_numpy())], dtype=bool)
-    return (left_missing & right_missing) | (both_present & close)
+    return compare_rows(mart, online, key=KEY_COLUMN, columns=FEATURE_COLUMNS, rel_tol=rel_tol)
 
 
 __all__ = [

@@ -4,17 +4,9 @@ flights as (
     select * from {{ source('validated', 'flights') }}
 ),
 
-gate_status as (
-    select * from {{ ref('stg_gate_status') }}
-),
-
 passed_days as (
     -- the latest gate evaluation of the day decides; a day without one has not passed
-    select partition_date
-    from gate_status
-    where table_name = 'flights'
-    group by partition_date
-    having coalesce(arg_max(passed, evaluated_at_utc), false)
+    {{ gated_days('flights') }}
 ),
 
 renamed as (

@@ -1,0 +1,1 @@
+"""Data: the landing zone, replay of upstream files, ingestion, data contracts and the gates."""

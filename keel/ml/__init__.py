@@ -1,0 +1,1 @@
+"""ML: training sets, models of every tier, evaluation, batch scoring and lineage."""

@@ -1,0 +1,1 @@
+"""Monitoring: drift against the reference, the monitoring store and the retraining trigger."""

@@ -1,0 +1,321 @@
+"""The serving process: options, the bundle it keeps current, and ``serve`` to start it.
+
+Each uvicorn worker builds one ``ServingRuntime``. A background thread loads the first
+bundle (the API answers ``/healthz`` at once and ``/readyz`` once the bundle is in), then
+polls every ``reload_seconds`` the registry's committed champion set
+(``keel.registry.model_set``, one tag written at a move's commit point) and the snapshot
+folder's ``CURRENT``; when either moved, it loads a complete new bundle beside the serving
+one, the versions the committed set names, and swaps the reference in one assignment. A
+promotion or rollback moves the aliases one write after another, but the committed set in
+one: a bundle is never loaded from a half-moved set.
+
+A second thread publishes the worker's metrics every ``keel.serving.metrics.SHARE_SECONDS``
+for ``GET /metrics`` to add up across workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import ipaddress
+import json
+import os
+import sys
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from keel.core import config, env
+from keel.core.settings import KeelPaths
+from keel.core.spec import UseCase
+from keel.registry.promotion import registered_names
+from keel.registry.tracking import open_registry
+from keel.serving.logs import PredictionLog
+from keel.serving.events import EventContract, EventLog, typed_frame
+from keel.serving.feedback import FeedbackIntake
+from keel.serving.bundle import Bundle, ChainResult, committed_set, load_bundle, score_chain
+from keel.serving.metrics import SHARE_SECONDS, Metrics, SharedMetrics, render
+from keel.serving.snapshot import current_snapshot, export_from_file, snapshots_root
+
+OPTIONS_ENV = "KEEL_SERVE_OPTIONS"
+# How long a starting worker waits for its first bundle before it takes connections anyway
+# (then /readyz says what it is still waiting for).
+FIRST_LOAD_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    home: str
+    reload_seconds: float = 5.0
+    max_body_bytes: int = 1_048_576
+    max_batch: int = 1000
+    log_queue: int = 10_000  # answered requests waiting for the prediction log's writer
+    log_flush_seconds: float = 1.0
+    # The serving process (uvicorn's main process): its workers add up their metrics together.
+    server_id: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeOptions:
+        return cls(**json.loads(text))
+
+
+class ServingRuntime:
+    """What one worker serves from: the current bundle, and how it stays current."""
+
+    def __init__(self, options: ServeOptions, usecase: UseCase):
+        if usecase.serving is None or usecase.model is None:
+            raise ValueError(f"use case {usecase.name!r} configures no serving (UseCase.serving)")
+        self.options = options
+        self.usecase = usecase
+        self.serving = usecase.serving
+        self.model = usecase.model
+        self.paths = KeelPaths(Path(options.home))
+        self.names = registered_names(usecase.name)
+        self.snapshots = snapshots_root(self.paths.home)
+        self.bundle: Bundle | None = None
+        self.load_error: str | None = None
+        self.reloads = 0
+        self._stop = threading.Event()
+        self._first_load = threading.Event()  # set once the first load attempt is over
+        self.event_contract = EventContract([usecase.table(t) for t in self.serving.event_tables])
+        self.event_log = EventLog(self.paths.home / "serving" / "events")
+        # Every accepted event batch since the worker started (the log's first), in order:
+        # what a new store replays before it is swapped in.
+        self.applied: list[tuple[str, pd.DataFrame]] = []
+        self.live_as_of = ""
+        self._events = threading.Lock()
+        request_table = self.serving.request_table
+        self.predictions = PredictionLog(
+            self.paths.home / "serving" / "predictions",
+            lambda requests: usecase.row_date(request_table, pd.DataFrame(requests)),
+            capacity=options.log_queue, flush_seconds=options.log_flush_seconds,
+        )
+        self.budgets = config.at(self.paths.home).serving.budgets()
+        # None: the use case takes no label feedback (ModelSpec.corrections_relation).
+        self.feedback = (FeedbackIntake(self.paths, self.model, options.max_batch)
+                         if self.model.corrections_relation is not None else None)
+        self.metrics = Metrics()
+        self.shared_metrics = SharedMetrics(self.paths.home / "serving" / "metrics" / (options.server_id or "local"))
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def score(self, bundle: Bundle, records: list[dict]) -> ChainResult:
+        chain = score_chain(bundle.tiers, records, self.budgets)
+        metrics = self.metrics
+        for tier, seconds in chain.calls:
+            metrics.observe("keel_tier_duration_seconds", (("tier", tier),), seconds)
+        for (tier, reason), rows in chain.skipped.items():
+            metrics.inc("keel_tier_skipped_total", (("tier", tier), ("reason", reason)), rows)
+        for tier in chain.tier:
+            if tier is None:
+                metrics.inc("keel_unscored_total")
+            else:
+                metrics.inc("keel_predictions_total", (("tier", tier.name),))
+        return chain
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def metrics_state(self) -> dict:
+        """This worker's counts, with its prediction log's and bundle's as counters."""
+        state = self.metrics.state()
+        log = self.predictions
+        state["counters"] += [
+            ["keel_prediction_log_queue_depth", [], log.depth],
+            ["keel_prediction_log_queue_capacity", [], log.capacity],
+            ["keel_prediction_log_written_total", [], log.written],
+            ["keel_prediction_log_dropped_total", [], log.dropped],
+            ["keel_bundle_reloads_total", [], self.reloads],
+        ]
+        return state
+
+    def metrics_text(self) -> str:
+        """``GET /metrics``: this worker's live counts plus its siblings' published ones."""
+        states = [self.metrics_state(), *self.shared_metrics.others()]
+        return render(states, {("keel_metrics_workers", ()): len(states)})
+
+    def _share_metrics(self) -> None:
+        while not self._stop.wait(SHARE_SECONDS):
+            try:
+                self.shared_metrics.publish(self.metrics_state())
+            except OSError as exc:  # the next interval tries again; this worker still answers
+                print(f"keel serve: could not publish this worker's metrics: {exc}", file=sys.stderr)
+
+    def features_as_of(self, bundle: Bundle) -> str:
+        return max(bundle.snapshot.as_of, self.live_as_of)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def accept_events(self, payload: Any) -> tuple[int, dict]:
+        """Check, log (durably) and apply one batch of events; (status, answer)."""
+        problem = self._event_batch_problem(payload)
+        if problem:
+            return 422, {"error": "invalid event batch", "detail": [problem]}
+        table, rows = payload["table"], payload["rows"]
+        check = self.event_contract.check(table, rows)
+        received_at = dt.datetime.now(dt.timezone.utc)
+        with self._events:
+            if check.rejected:
+                self.event_log.reject(table, check.rejected, received_at)
+            if check.valid_rows:
+                self.event_log.append(table, check.valid_rows, received_at)
+                self.applied.append((table, check.typed))
+                if self.bundle is not None:
+                    self._apply(self.bundle.store, table, check.typed)
+        labels = (("table", table),)
+        self.metrics.inc("keel_events_accepted_total", labels, len(check.valid_rows))
+        self.metrics.inc("keel_events_rejected_total", labels, len(check.rejected))
+        answer = {"table": table, "accepted": len(check.valid_rows),
+                  "rejected": [{k: r[k] for k in ("index", "rules", "reason")} for r in check.rejected]}
+        return (422 if check.rejected else 200), answer
+
+    def _event_batch_problem(self, payload: Any) -> dict | None:
+        def problem(field: str, text: str, rule: str) -> dict:
+            return {"field": field, "problem": text, "rule": rule}
+
+        if not isinstance(payload, dict):
+            return problem("(body)", 'an event batch is an object {"table": ..., "rows": [...]}', "object_type")
+        unknown = sorted(set(payload) - {"table", "rows"})
+        if unknown:
+            return problem(unknown[0], "unknown field", "extra_forbidden")
+        if payload.get("table") not in self.event_contract.tables:
+            return problem("table", f"events come for {sorted(self.event_contract.tables)}, "
+                           f"not {payload.get('table')!r}", "unknown_table")
+        rows = payload.get("rows")
+        if not isinstance(rows, list) or not rows:
+            return problem("rows", "rows must be a non-empty list of objects", "rows_type")
+        if len(rows) > self.options.max_batch:
+            return problem("rows", f"at most {self.options.max_batch} rows per batch", "too_long")
+        return None
+
+    def _apply(self, store: Any, table: str, rows: pd.DataFrame) -> None:
+        moment = self.serving.apply_events(store, table, rows)
+        if moment:
+            self.live_as_of = max(self.live_as_of, moment)
+
+    def _replay_log(self) -> None:
+        """Read the event log into ``applied`` (a worker's start)."""
+        for table in self.serving.event_tables:
+            rows = list(self.event_log.read(table))
+            if rows:
+                self.applied.append((table, typed_frame(self.usecase.table(table), rows)))
+
+    # -- keeping the bundle current ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        thread = threading.Thread(target=self._keep_current, name="keel-bundle", daemon=True)
+        thread.start()
+        # A worker takes connections only once its first load is done (or failed, or ran past
+        # the bound): with several workers on one socket, a client whose connection lands on
+        # a worker still loading would get a 503 while its siblings are ready.
+        await asyncio.to_thread(self._first_load.wait, FIRST_LOAD_WAIT_S)
+        sharing = threading.Thread(target=self._share_metrics, name="keel-metrics", daemon=True)
+        sharing.start()
+        self.predictions.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self.predictions.stop()
+            thread.join(timeout=10)
+            sharing.join(timeout=5)
+            self.shared_metrics.withdraw()
+
+    def _keep_current(self) -> None:
+        registry = None
+        with self._events:
+            self._replay_log()
+        while not self._stop.is_set():
+            try:
+                if registry is None:
+                    registry = open_registry(config.at(self.paths.home).tracking)
+                self.refresh(registry)
+                self.load_error = None
+            except Exception as exc:  # kept serving the last bundle; /readyz reports it
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                print(f"keel serve: could not load the serving bundle: {self.load_error}", file=sys.stderr)
+            self._first_load.set()
+            self._stop.wait(self.options.reload_seconds)
+
+    def refresh(self, registry) -> bool:
+        """Load and swap in a new bundle if the committed set or the snapshot moved; True if
+        swapped. The set is read once and its versions loaded: whatever moves meanwhile is
+        the next poll's."""
+        chosen = committed_set(registry, self.names)
+        snapshot = current_snapshot(self.snapshots)
+        wanted = (tuple(sorted(chosen["versions"].items())), chosen["txn"],
+                  None if snapshot is None else snapshot.version)
+        current = self.bundle
+        if current is not None and current.wanted == wanted:
+            return False
+        if snapshot is None:
+            raise LookupError(f"no online snapshot in {self.snapshots}: materialize serving/online_snapshot "
+                              "or start keel serve, which exports one")
+        same_snapshot = current is not None and current.snapshot.version == snapshot.version
+        if same_snapshot:
+            store, replayed = current.store, None
+        else:
+            store, replayed = self.serving.load_store(snapshot.path), len(self.applied)
+            for table, rows in self.applied[:replayed]:
+                self._apply(store, table, rows)
+        bundle = load_bundle(registry, self.names, snapshot, self.serving, chosen=chosen, wanted=wanted,
+                             store=store)
+        _warm_up(bundle)
+        with self._events:
+            if replayed is not None:
+                for table, rows in self.applied[replayed:]:
+                    self._apply(store, table, rows)
+            self.bundle = bundle  # the swap: one reference assignment
+        self.reloads += 1
+        return True
+
+
+def _warm_up(bundle: Bundle) -> None:
+    """One call per tier on an all-missing row before the swap: a model's first call pays for
+    its lazy set-up (milliseconds), which would otherwise count against the first request's
+    budget."""
+    for tier in bundle.tiers:
+        if tier.model is not None:
+            try:
+                tier.model.predict_matrix(tier.model.row_matrix({}))
+            except Exception:  # a tier that cannot score fails its requests, which report why
+                pass
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def ensure_snapshot(paths: KeelPaths, usecase: UseCase) -> str:
+    """The current snapshot's version; exports one from the warehouse when there is none."""
+    root = snapshots_root(paths.home)
+    snapshot = current_snapshot(root)
+    if snapshot is None:
+        if not paths.warehouse.exists():
+            raise FileNotFoundError(f"no warehouse at {paths.warehouse}: run keel run first")
+        snapshot = export_from_file(paths.warehouse, root, usecase.serving.snapshot_schema)
+    return snapshot.version
+
+
+def serve(options: ServeOptions, host: str, port: int, workers: int, **uvicorn_options: Any) -> None:
+    """Run the API under uvicorn (uvloop, httptools) until interrupted."""
+    # uvicorn is the serving process's alone; the other commands never pay for its import.
+    import uvicorn
+
+    if not options.server_id:
+        options = dataclasses.replace(options, server_id=str(os.getpid()))
+    env.set_value(OPTIONS_ENV, options.to_json())
+    uvicorn.run("keel.serving.app:asgi_app", factory=True, host=host, port=port, workers=workers,
+                loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                log_level=uvicorn_options.pop("log_level", "warning"), **uvicorn_options)
