@@ -1,0 +1,7 @@
+"""Rollout: the statistics of a staged rollout (always-valid tests for canary guardrails and quality).
+
+A layer between monitoring and serving: the serving side counts requests and errors per arm,
+the registry records the stage, and this package says, from those counts and from matured
+labels, whether the canary is worse than the champion, in a way that stays valid however often
+the guardrail sensor looks.
+"""
