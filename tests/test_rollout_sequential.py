@@ -217,6 +217,20 @@ def test_the_confidence_sequence_covers_the_true_difference_at_every_look_at_onc
     assert naive.mean() < 1 - 2 * ALPHA
 
 
+@pytest.mark.parametrize("rate, share, per_look, ratio", [
+    (0.01, 0.05, 2000, 1.0), (0.01, 0.05, 2000, 3.0), (0.002, 0.05, 5000, 2.0), (0.05, 0.5, 500, 3.0),
+])
+def test_the_error_rate_interval_covers_the_true_excess_at_every_look_at_once(rate, share, per_look, ratio):
+    # Regression: with the free plug-in variance alone, canaries with no error yet in their
+    # first hundred requests got a near-zero width and the sequence covered 93% of runs.
+    rng = np.random.default_rng(5)
+    x_c, n_c, x_h, n_h = _arms(rng, per_look, share, rate_a=ratio * rate, rate_b=rate)
+    stat = breach_statistic(x_c, n_c, x_h, n_h, factor=2.0, alpha=ALPHA)
+    theta = (ratio - 2.0) * rate
+    covered = ((stat["lower"] <= theta) & (theta <= stat["upper"])).all(axis=1)
+    assert covered.mean() >= 1 - ALPHA - MC_TOL
+
+
 def test_per_row_losses_average_to_sklearn_log_loss_and_brier_score():
     rng = np.random.default_rng(5)
     scores = np.concatenate([rng.uniform(0, 1, 500), [0.0, 1.0]])

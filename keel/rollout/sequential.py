@@ -147,7 +147,9 @@ def breach_statistic(canary_errors, canary_n, champion_errors, champion_n, *, fa
 
     Arrays broadcast. Returns the smoothed rates, ``estimate``, ``variance``, ``z``,
     ``log_lr``, ``p_value`` and the two-sided confidence sequence ``lower``/``upper`` for
-    theta (with the unrestricted plug-in variance, so it does not depend on the null).
+    theta. The sequence uses the larger of the free plug-in variance (smoothed rates) and the
+    null-boundary one: with the free one alone, a canary with no error yet in its first hundred
+    requests has a near-zero variance and the sequence covered only 93% of runs at alpha 0.05.
     """
     xc = np.asarray(canary_errors, dtype=float)
     nc = np.asarray(canary_n, dtype=float)
@@ -167,7 +169,7 @@ def breach_statistic(canary_errors, canary_n, champion_errors, champion_n, *, fa
     tau = tau_scale * p0
     log_lr = mixture_log_lr(estimate, variance, tau, 0.0, one_sided=True)
     z = np.where(have, estimate / np.sqrt(np.where(have, var_null, 1.0)), 0.0)
-    radius = confidence_radius(np.where(have, var_free, 0.0), tau, alpha)
+    radius = confidence_radius(np.where(have, np.maximum(var_free, var_null), 0.0), tau, alpha)
     # theta lies in [-factor, 1] whatever the data; the sequence is clipped to that range.
     lower, upper = np.maximum(estimate - radius, -factor), np.minimum(estimate + radius, 1.0)
     return {"rate_canary": rate_c, "rate_champion": rate_h, "estimate": estimate,
