@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["core", "render", "data", "ml", "registry", "monitoring", "serving", "app"]
+LAYERS = ["core", "render", "data", "ml", "registry", "monitoring", "rollout", "serving", "app"]
 APPLICATION = ("definitions", "assets", "resources", "sensors", "usecases")
 PROJECT_DIRS = ("keel", "assets", "resources", "sensors", "usecases")
 MAX_LINES = 500

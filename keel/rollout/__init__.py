@@ -1,0 +1,1 @@
+"""Staged rollout decisions: guardrails and sequential statistics (between monitoring and serving)."""
