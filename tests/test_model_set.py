@@ -10,7 +10,6 @@ installs in that process only) and SIGKILL it.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import shutil
