@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import query, use_registry_home
+from keel.app.recovery import recover_model_set
 from keel.core import config
 from keel.core.policies import RolloutPolicy
 from keel.core.settings import PROJECT_ROOT, KeelPaths
@@ -207,11 +208,11 @@ def test_a_final_advance_killed_between_its_writes_is_completed_on_the_next_star
     proc.wait()
     assert rollout.pending_intent(registry, NAMES) is not None
 
-    line = rollout.recover(registry, NAMES)
-    # model_set's own intent, when the kill hit the champion move, is finished by its recovery.
-    model_set.recover(registry, NAMES)
+    # What every keel command does first: the champion move's intent (when the kill hit it),
+    # then the rollout's.
+    line = recover_model_set(home, "flight_disruption")
 
-    assert line.startswith(f"completed the interrupted rollout {started.id} advance to champion by killed")
+    assert f"completed the interrupted rollout {started.id} advance to champion by killed" in line
     assert rollout.pending_intent(registry, NAMES) is None
     assert tag(registry)["stage"] == "champion"
     assert model_set.champion_set(registry, NAMES).versions == {"primary": 2, "fallback": 2, "baseline": 2}
