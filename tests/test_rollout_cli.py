@@ -70,6 +70,11 @@ def test_a_rollout_from_the_command_line_with_its_json_keys_and_exit_codes(home,
     assert code == 0 and out.strip().endswith("aborted; the champion serves every key")
     code, _, err = run(capsys, "rollout", "advance")
     assert code == 1 and "no active rollout" in err
+    code, out, _ = run(capsys, "rollout", "status")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].startswith("promotion policy auto; canary steps 5%, 25%, 50%; shadow 48 h")
+    assert "aborted; the champion serves every key" in lines[1]
+    assert [line.split()[2] for line in lines[2:]] == ["start", "advance", "abort"]
     # Every decision reached the warehouse as the commands ran.
     rows = query(home.warehouse, "select action, reason from audit.rollout_decisions order by seq")
     assert rows == [("start", "gates passed"), ("advance", "shadow looks fine"), ("abort", "p99 doubled")]
