@@ -23,6 +23,7 @@ from assets.feedback import feedback_assets  # noqa: E402
 from assets.ingestion import raw_assets  # noqa: E402
 from assets.monitoring import monitoring_assets, monitoring_checks  # noqa: E402
 from assets.outcomes import outcome_assets  # noqa: E402
+from assets.rollout import rollout_assets  # noqa: E402
 from assets.scoring import scoring_assets  # noqa: E402
 from assets.serving import serving_assets, serving_checks  # noqa: E402
 from assets.training import training_assets  # noqa: E402
@@ -38,12 +39,14 @@ from sensors.jobs import (  # noqa: E402
     measure_served_daily_job,
     monitor_daily_job,
     promote_champion_job,
+    record_rollout_decisions_job,
     score_daily_job,
     train_models_job,
 )
 from sensors.feedback import feedback_sensor, load_feedback_job  # noqa: E402
 from sensors.landing import landing_zone_sensor  # noqa: E402
 from sensors.retrain import retraining_trigger  # noqa: E402
+from sensors.rollout import rollout_sensor  # noqa: E402
 
 # Declarative automation: evaluates every asset's AutomationCondition (assets/automation.py).
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -60,15 +63,15 @@ defs = dg.Definitions(
     assets=[
         *raw_assets, *validation_assets, gate_status, *feature_assets,
         *training_assets, *evaluation_assets, *scoring_assets, *monitoring_assets,
-        *outcome_assets, *serving_assets, *feedback_assets,
+        *outcome_assets, *serving_assets, *feedback_assets, *rollout_assets,
     ],
     asset_checks=[*gate_checks, *feature_checks, *monitoring_checks, *serving_checks],
     jobs=[
         ingest_daily_job, ingest_snapshots_job, build_feature_views_job, build_daily_features_job,
         train_models_job, score_daily_job, promote_champion_job, monitor_daily_job, load_feedback_job,
-        load_served_daily_job, measure_served_daily_job,
+        load_served_daily_job, measure_served_daily_job, record_rollout_decisions_job,
     ],
-    sensors=[landing_zone_sensor, retraining_trigger, feedback_sensor, automation_sensor],
+    sensors=[landing_zone_sensor, retraining_trigger, feedback_sensor, rollout_sensor, automation_sensor],
     resources={
         "keel": KeelState(),
         "dbt": dbt_resource(),

@@ -7,7 +7,8 @@ same run, and is recorded on the model version, so that no later approval can pr
 
 ``models/champion`` applies the promotion policy: ``auto`` promotes a challenger whose gates
 all passed; ``manual`` waits for a person, who approves a version by materializing this asset
-with ``approve_version`` (or ``keel approve``). ``rollback: true`` (or ``keel rollback``)
+with ``approve_version`` (or ``keel approve``); ``staged`` starts a rollout of it in shadow
+(``keel.registry.rollout``; the rollout sensor or ``keel rollout advance`` take it on). ``rollback: true`` (or ``keel rollback``)
 restores the previous champion set. Promotion moves the primary model with the fallback and
 baseline trained beside it, as one recorded transaction (``keel.registry.model_set``): the
 former set stays as ``previous``, and a move a killed run left halfway is finished before
@@ -25,6 +26,7 @@ from assets.checks import record as record_checks
 from assets.training import (
     GROUP, baseline_model, fallback_model, load_training_set, model_spec, primary_model, registered_in_run,
 )
+from keel.registry import rollout
 from keel.registry.model_set import candidate_versions, champion_set, load_candidates, promote_set, recover, rollback_set
 from keel.registry.promotion import (
     GATE_DESCRIPTIONS,
@@ -35,6 +37,7 @@ from keel.registry.promotion import (
     record_verdicts,
     registered_names,
 )
+from keel.core.policies import POLICIES
 from keel.ml.report import build_report, report_markdown, thumbnail_data_uri, write_report
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
@@ -135,7 +138,7 @@ def _json(value: Any) -> Any:
 
 
 class ChampionConfig(dg.Config):
-    policy: str = ""  # "auto" or "manual" for this run; empty: the deployment's ([promotion] policy)
+    policy: str = ""  # "auto", "manual" or "staged" for this run; empty: the deployment's ([promotion] policy)
     approve_version: int = 0  # promote this primary version now (its gates must have passed)
     rollback: bool = False  # restore the previous champion instead
     actor: str = ""  # who approves or rolls back; empty: the OS user
@@ -156,12 +159,13 @@ def champion(
 ) -> dg.MaterializeResult:
     """The model set serving uses: the committed champion set, the primary model with the
     fallback and baseline trained beside it. Applies the promotion policy (auto: promote a challenger that
-    passed every gate; manual: wait for approve_version); rollback restores the previous one."""
+    passed every gate; manual: wait for approve_version; staged: start its rollout in shadow); rollback restores
+    the previous one."""
     registry = mlflow.open()
     names = registered_names(keel.usecase.name)
     policy = config.policy or keel.deployment.promotion.policy
-    if policy not in ("auto", "manual"):
-        raise dg.Failure(f"policy must be auto or manual, got {policy!r}")
+    if policy not in POLICIES:
+        raise dg.Failure(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     actor = config.actor or getpass.getuser()
     recovered = recover(registry, names)
     if recovered:
@@ -193,7 +197,9 @@ def champion(
                 f"challenger v{challenger} is not promotable: "
                 + (failed or "its gates were never evaluated (materialize models/evaluation_report)")
             )
-        if policy == "manual":
+        if policy == "staged" and before is not None:
+            decision = _stage(context, registry, names, challenger)
+        elif policy == "manual":
             decision = (f"v{challenger} passed every gate; manual policy: waiting for approval "
                         f"(keel approve {challenger} --note ...)")
         else:
@@ -217,8 +223,35 @@ def champion(
             "note": config.note,
             "model_set": dg.MetadataValue.json(after.versions if after is not None else {}),
             "recovered": recovered or "",
+            "rollout": dg.MetadataValue.json(_rollout_doc(registry, names)),
         }
     )
+
+
+def _stage(context: dg.AssetExecutionContext, registry, names, challenger: int) -> str:
+    """Under the staged policy a gated challenger starts a rollout in shadow; one already rolling
+    out is left where it is, and one beside another active rollout waits for it to end. The
+    first model of a registry has no champion to shadow: it is promoted as under auto."""
+    last = rollout.last_rollout(registry, names)
+    active = last if last is not None and last.active else None
+    if last is not None and last.stage == "aborted" and last.primary == challenger:
+        return (f"v{challenger} was rolled back (rollout {last.id} aborted): not restarted; "
+                f"keel rollout start {challenger} tries it again")
+    if active is not None:
+        if active.primary == challenger:
+            return f"v{challenger} is already rolling out (rollout {active.id}, {active.stage})"
+        return (f"v{challenger} passed every gate; staged policy: waiting for rollout {active.id} of "
+                f"v{active.primary} ({active.stage}) to end")
+    started = rollout.start(
+        registry, names, challenger, actor=f"keel staged promotion (dagster run {context.run.run_id[:8]})",
+        reason="every promotion gate passed", evidence={"gates": gate_verdict(registry, names["primary"], challenger)[1]},
+    )
+    return f"v{challenger} passed every gate; staged policy: rollout {started.id} started in shadow"
+
+
+def _rollout_doc(registry, names) -> dict:
+    active = rollout.active_rollout(registry, names)
+    return active.to_dict() if active is not None else {}
 
 
 def _or_none(value: int | None) -> int | str:

@@ -11,6 +11,7 @@ from assets.training import baseline_model, fallback_model, primary_model, train
 from assets.ingestion import raw_key
 from assets.monitoring import feature_drift_asset, performance_asset, prediction_drift_asset
 from assets.outcomes import outcome_assets
+from assets.rollout import rollout_decisions
 from assets.partitions import USECASE
 from assets.validation import quarantine_key, validated_key
 
@@ -84,4 +85,9 @@ measure_served_daily_job = dg.define_asset_job(
         "Join one or more days of served predictions (batch and online) to their labels as they "
         "resolved and measure served performance and the business value (monitoring/served_outcomes)."
     ),
+)
+record_rollout_decisions_job = dg.define_asset_job(
+    "record_rollout_decisions",
+    selection=dg.AssetSelection.assets(rollout_decisions),
+    description="Copy the staged rollouts' new decisions into audit.rollout_decisions and list them.",
 )

@@ -27,7 +27,7 @@ from keel.data.landing import file_for
 from keel.data.replay import replay
 from keel.app.pipeline import run_pipeline
 from keel.core.config import build, current
-from keel.registry.promotion import registered_names
+from keel.registry.promotion import GATES_TAG, registered_names
 from keel.registry.tracking import open_registry
 from keel.core.settings import KeelPaths, prepare_environment
 
@@ -395,3 +395,57 @@ def server(served_home):
         yield process
     finally:
         process.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# A registry of model sets without training: versions 1..3 of the primary, fallback and
+# baseline (version n of each from Dagster run ``run-n``, so they are siblings; gates passed)
+
+
+REGISTRY_VERSIONS = 3
+
+
+def _small_baseline_model():
+    """A real (rule) model on a small frame: what the registry stores does not depend on it."""
+    # Training code loads LightGBM and pandas; only the registry fixtures need it here.
+    import numpy as np
+    import pandas as pd
+
+    from keel.ml import modeling
+    from keel.ml.split import time_split
+
+    spec = current().usecase.model
+    rng = np.random.default_rng(3)
+    days = np.repeat(np.arange(70), 20)
+    frame = pd.DataFrame({
+        spec.key: np.arange(len(days)),
+        spec.date_column: [dt.date(2013, 1, 1) + dt.timedelta(days=int(d)) for d in days],
+        spec.baseline_feature: rng.uniform(0, 1, len(days)),
+    })
+    frame[spec.label] = (rng.uniform(0, 1, len(days)) < frame[spec.baseline_feature]).astype(int)
+    return modeling.train_baseline(time_split(frame, spec, valid_weeks=2, test_weeks=2), spec)
+
+
+def use_registry_home(home: Path, patch: pytest.MonkeyPatch) -> KeelPaths:
+    patch.setenv("KEEL_HOME", str(home))
+    patch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    patch.delenv("KEEL_MLFLOW_TRACKING_URI", raising=False)
+    patch.delenv("KEEL_MLFLOW_EXPERIMENT", raising=False)
+    return KeelPaths(home)
+
+
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("model_set_template") / "keel"
+    model = _small_baseline_model()
+    names = registered_names(USECASE.name)
+    with pytest.MonkeyPatch.context() as patch:
+        paths = use_registry_home(home, patch)
+        registry = open_registry(build(paths.home).tracking)
+        for run in range(1, REGISTRY_VERSIONS + 1):
+            for name in names.values():
+                version = registry.log_and_register(
+                    model, name=name, metrics={}, params={}, lineage={"dagster_run_id": f"run-{run}"}, trials=None,
+                )
+                registry.client().set_model_version_tag(name, str(version.version), GATES_TAG, "passed")
+    return home

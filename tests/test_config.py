@@ -359,3 +359,25 @@ def test_the_scoring_bound_comes_from_keel_toml_and_an_impossible_one_is_refused
     (clean_env / "keel.toml").write_text("[scoring]\nmax_share_below_primry = 0.5\n")
     with pytest.raises(config.ConfigError, match="max_share_below_primry"):
         config.current()
+
+
+def test_the_rollout_section_and_the_staged_policy_come_from_keel_toml_and_the_environment(clean_env, monkeypatch):
+    assert config.current().rollout.canary_steps == (0.05, 0.25, 0.5)
+    (clean_env / "keel.toml").write_text(
+        "[promotion]\npolicy = \"staged\"\n[rollout]\ncanary_steps = [0.1, 0.5]\nshadow_hours = 12\n"
+        "error_rate_factor = 3\n")
+    deployment = config.current()
+    assert deployment.promotion.policy == "staged"
+    assert (deployment.rollout.canary_steps, deployment.rollout.shadow_hours) == ((0.1, 0.5), 12.0)
+    assert deployment.to_dict()["rollout"]["canary_steps"] == [0.1, 0.5]
+    assert deployment.to_dict()["rollout"]["error_rate_factor"] == 3.0
+    (clean_env / "keel.toml").write_text(config.toml_text(deployment))
+    assert config.current().rollout == deployment.rollout
+    monkeypatch.setenv("KEEL_PROMOTION_POLICY", "staged")
+    (clean_env / "keel.toml").unlink()
+    assert config.current().promotion.policy == "staged"
+    for text, key in (("canary_steps = [0.5, 0.25]", "canary_steps"), ("canary_steps = 0.5", "canary_steps"),
+                      ("shadow_hour = 4", "shadow_hour")):
+        (clean_env / "keel.toml").write_text(f"[rollout]\n{text}\n")
+        with pytest.raises(config.ConfigError, match=key):
+            config.current()

@@ -10,7 +10,6 @@ installs in that process only) and SIGKILL it.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import shutil
@@ -24,55 +23,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import use_registry_home
 from keel.core import config
 from keel.core.settings import PROJECT_ROOT, KeelPaths
-from keel.ml import modeling
-from keel.ml.split import time_split
 from keel.ml.scoring import load_tiers
 from keel.registry import model_set
 from keel.registry.promotion import GATES_TAG, registered_names
 from keel.registry.tracking import open_registry
 
 NAMES = registered_names("flight_disruption")
-VERSIONS = 3
-
-
-def _baseline_model() -> modeling.TrainedModel:
-    """A real (rule) model on a small frame: what the registry stores does not depend on it."""
-    spec = config.current().usecase.model
-    rng = np.random.default_rng(3)
-    days = np.repeat(np.arange(70), 20)
-    frame = pd.DataFrame({
-        spec.key: np.arange(len(days)),
-        spec.date_column: [dt.date(2013, 1, 1) + dt.timedelta(days=int(d)) for d in days],
-        spec.baseline_feature: rng.uniform(0, 1, len(days)),
-    })
-    frame[spec.label] = (rng.uniform(0, 1, len(days)) < frame[spec.baseline_feature]).astype(int)
-    return modeling.train_baseline(time_split(frame, spec, valid_weeks=2, test_weeks=2), spec)
 
 
 def _use_home(home: Path, patch: pytest.MonkeyPatch) -> KeelPaths:
-    patch.setenv("KEEL_HOME", str(home))
-    patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    patch.delenv("KEEL_MLFLOW_TRACKING_URI", raising=False)
-    patch.delenv("KEEL_MLFLOW_EXPERIMENT", raising=False)
-    return KeelPaths(home)
-
-
-@pytest.fixture(scope="session")
-def registry_template(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("model_set_template") / "keel"
-    model = _baseline_model()
-    with pytest.MonkeyPatch.context() as patch:
-        paths = _use_home(home, patch)
-        registry = open_registry(config.at(paths.home).tracking)
-        for run in range(1, VERSIONS + 1):
-            for name in NAMES.values():
-                version = registry.log_and_register(
-                    model, name=name, metrics={}, params={}, lineage={"dagster_run_id": f"run-{run}"}, trials=None,
-                )
-                registry.client().set_model_version_tag(name, str(version.version), GATES_TAG, "passed")
-    return home
+    return use_registry_home(home, patch)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import traceback
 import numpy as np
 
 from keel.app.feedback import add_parser as add_feedback_parser
+from keel.app.rollout import add_parser as add_rollout_parser
+from keel.app.rollout import status_doc as rollout_status
 from keel.app.logs import routed
 from keel.app.recovery import recover
 from keel.app.status import check_titles, checks_by_kind, collect, collect_models, degraded_lines
@@ -169,6 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"keel status: {exc}", file=sys.stderr)
         return 2
     doc["models"] = _models_status(paths)
+    doc["rollout"] = rollout_status(registry_or_none(current().tracking), registered_names(current().usecase.name))
     doc["deployment"] = current().to_dict()
     doc["feedback"] = feedback_counts(read_feedback(paths.home))
     if args.json:
@@ -199,6 +202,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         auc = latest and latest["roc_auc"]
         print(f"{name:<28} {len(model['versions'])} version(s); {aliases}"
               + (f"; latest v{latest['version']} test AUC {auc:.4f}" if auc is not None else ""))
+    if doc["rollout"]["active"]:
+        active = doc["rollout"]["active"]
+        print(f"rollout {active['id']} of v{active['set']['primary']}: {active['stage']} at {active['share']:.0%} "
+              f"of keys since {active['stage_since']} (keel rollout status)")
     if doc["predictions"]:
         totals = {}
         for counts in doc["predictions"].values():
@@ -570,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     add_feedback_parser(sub)
+    add_rollout_parser(sub)
     p = sub.add_parser("dev", help="open the Dagster UI on this deployment (dagster dev)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)

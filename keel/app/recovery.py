@@ -1,9 +1,11 @@
 """What a killed process left behind, repaired at the start of every ``keel`` command.
 
-Two things can be left halfway by a kill -9:
+Three things can be left halfway by a kill -9:
 
 * a move of the champion model set (``keel.registry.model_set``): its intent is recorded
   first, so it is completed or undone here;
+* a transition of a staged rollout (``keel.registry.rollout``): its intent (the decision) is
+  recorded first, so it is completed here;
 * a Dagster run whose process died: Dagster's default run launcher cannot see that, so the
   run would stay STARTED and hold the one run slot. A STARTED run whose process is gone
   (``keel.core.process``; the process id comes from Keel's run tags, else from the run's own
@@ -22,6 +24,7 @@ from pathlib import Path
 from keel.core import config, env, process
 from keel.core.settings import KeelPaths, dagster_yaml_is_keels
 from keel.registry.model_set import INTENT_TAG
+from keel.registry.rollout import INTENT_TAG as ROLLOUT_INTENT_TAG
 
 
 def recover(paths: KeelPaths, usecase_name: str) -> list[str]:
@@ -42,15 +45,15 @@ def _dagster_home(paths: KeelPaths) -> Path:
 # The champion model set
 
 
-def _intent_may_be_pending(store: Path) -> bool:
+def _intent_may_be_pending(store: Path, tags: tuple[str, ...] = (INTENT_TAG, ROLLOUT_INTENT_TAG)) -> bool:
     """False only when the local MLflow store certainly holds no intent (or no store)."""
     if not store.exists():
         return False
     try:
         con = sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)
         try:
-            return con.execute("select count(*) from registered_model_tags where key = ?",
-                               [INTENT_TAG]).fetchone()[0] > 0
+            return con.execute(f"select count(*) from registered_model_tags where key in ({', '.join('?' * len(tags))})",
+                               list(tags)).fetchone()[0] > 0
         finally:
             con.close()
     except sqlite3.Error:
@@ -64,11 +67,13 @@ def recover_model_set(paths: KeelPaths, usecase_name: str) -> str | None:
     if not where.exists():
         return None
     # MLflow takes seconds to load; only a store that may need repair pays for it.
-    from keel.registry import model_set
+    from keel.registry import model_set, rollout
     from keel.registry.promotion import registered_names
     from keel.registry.tracking import open_registry
 
-    return model_set.recover(open_registry(where), registered_names(usecase_name))
+    registry, names = open_registry(where), registered_names(usecase_name)
+    lines = [line for line in (model_set.recover(registry, names), rollout.recover(registry, names)) if line]
+    return "; ".join(lines) or None
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ overriding the one before:
 
 The file's sections are ``[promotion]``, ``[retraining]``, ``[gates]`` (every table) and
 ``[gates.<table>]`` (one table, over ``[gates]``), ``[tracking]``, ``[training]`` and
-``[serving]`` (the real-time API's per-tier time budgets); a key
+``[serving]`` (the real-time API's per-tier time budgets), ``[scoring]`` and ``[rollout]``
+(the stages and guardrails of the ``staged`` promotion policy); a key
 Keel does not know is an error that names it, so a typo never falls back to a default in
 silence. The deployment is rebuilt when a variable it reads, the home or the file changes.
 """
@@ -36,6 +37,7 @@ from keel.core.policies import (
     PromotionGates,
     PromotionPolicy,
     RetrainPolicy,
+    RolloutPolicy,
     ScoringPolicy,
     ServingPolicy,
     TriggerPolicy,
@@ -96,6 +98,7 @@ class Deployment:
     config_file: Path  # where keel.toml is read from (it may not exist)
     serving: ServingPolicy = ServingPolicy()
     scoring: ScoringPolicy = ScoringPolicy()
+    rollout: RolloutPolicy = RolloutPolicy()
 
     @property
     def paths(self) -> KeelPaths:
@@ -128,6 +131,7 @@ class Deployment:
             "training": {"threads": self.training_threads},
             "serving": self.serving.to_dict(),
             "scoring": self.scoring.to_dict(),
+            "rollout": self.rollout.to_dict(),
             "serving_keys": None if keys is None else dataclasses.asdict(keys),
         }
 
@@ -149,8 +153,10 @@ SECTIONS: dict[str, dict[str, str]] = {
     "training": {"threads": "int"},
     "serving": _fields(ServingPolicy),
     "scoring": _fields(ScoringPolicy),
+    "rollout": _fields(RolloutPolicy),
 }
 TOP_LEVEL = {"usecase": "str"}
+SHARES = "tuple[float, ...]"  # [rollout] canary_steps
 OVERRIDES = "null_rate_overrides"
 
 
@@ -162,6 +168,12 @@ def _checked(value: Any, kind: str, where: str) -> Any:
     elif kind == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
+    elif kind == SHARES:
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok:
+            raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
+        value = tuple(float(v) for v in value)
     else:
         raise AssertionError(f"no check for {kind}")
     if not ok:
@@ -373,6 +385,7 @@ def _assemble(home: Path, module: str, usecase: UseCase, path: Path, values: Map
         config_file=path,
         serving=ServingPolicy(**values.get("serving", {})),
         scoring=ScoringPolicy(**values.get("scoring", {})),
+        rollout=RolloutPolicy(**values.get("rollout", {})),
     )
 
 
@@ -428,6 +441,8 @@ def _toml_value(value: Any) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
@@ -470,4 +485,5 @@ def toml_text(deployment: Deployment) -> str:
     section("training", {"threads": deployment.training_threads})
     section("serving", deployment.serving.to_dict())
     section("scoring", deployment.scoring.to_dict())
+    section("rollout", deployment.rollout.to_dict())
     return "\n".join(lines)

@@ -26,7 +26,7 @@ DEPLOYMENT_VARIABLES: dict[str, str] = {
     KEEL_HOME: "the folder that holds all of the deployment's state (default: .keel in the project)",
     KEEL_USECASE: "the use case module (default: the DEFAULT of the usecases package)",
     KEEL_CONFIG: "the configuration file (default: $KEEL_HOME/keel.toml)",
-    KEEL_PROMOTION_POLICY: "[promotion] policy: auto or manual",
+    KEEL_PROMOTION_POLICY: "[promotion] policy: auto, manual or staged",
     KEEL_TRAIN_THREADS: "[training] threads: LightGBM threads",
     KEEL_MLFLOW_TRACKING_URI: "[tracking] uri: the MLflow tracking URI",
     KEEL_MLFLOW_EXPERIMENT: "[tracking] experiment: the MLflow experiment",

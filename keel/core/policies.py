@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-POLICIES = ("auto", "manual")
+POLICIES = ("auto", "manual", "staged")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,9 @@ class PromotionGates:
 class PromotionPolicy:
     """How a challenger becomes the champion. ``auto``: as soon as every gate passes;
     ``manual``: a person approves it (``keel approve`` or the ``champion`` asset's
-    ``approve_version``), and only a version whose gates passed can be approved."""
+    ``approve_version``), and only a version whose gates passed can be approved; ``staged``:
+    a challenger whose gates passed starts a rollout (shadow, canary steps, champion; see
+    :class:`RolloutPolicy`) instead of serving at once."""
 
     policy: str = "auto"
     gates: PromotionGates = field(default_factory=PromotionGates)
@@ -74,6 +76,53 @@ class PromotionPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy, **self.gates.to_dict()}
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """The path of a staged rollout (``keel.registry.rollout``) and the guardrails that let it
+    move on. A rollout bakes ``shadow_hours`` in shadow (the candidate scores beside the
+    champion, off the response path), then ``canary_hours`` at each share of ``canary_steps``
+    (the share of keys the candidate answers), then becomes the champion. Every stage is
+    judged against the champion on the same traffic, once each arm has ``min_requests``
+    requests: the error rate may not exceed ``error_rate_factor`` times the champion's (once
+    the candidate has ``min_errors`` errors, so one error does not decide; ``alpha`` is the
+    sequential test's), the latency p99 not ``latency_p99_factor`` times the champion's, and
+    the share of positive decisions at the threshold may not differ from the champion's by
+    more than ``positive_rate_tolerance``. A breach aborts the rollout at once; passing
+    guardrails advance it only once its stage has baked."""
+
+    canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5)
+    shadow_hours: float = 48.0
+    canary_hours: float = 24.0
+    error_rate_factor: float = 2.0
+    min_errors: int = 5
+    latency_p99_factor: float = 1.5
+    positive_rate_tolerance: float = 0.05
+    alpha: float = 0.05
+    min_requests: int = 200
+
+    def __post_init__(self) -> None:
+        steps = tuple(float(step) for step in self.canary_steps)
+        object.__setattr__(self, "canary_steps", steps)
+        if any(not 0.0 < step < 1.0 for step in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError(f"[rollout] canary_steps must be increasing shares within (0, 1), got {list(steps)}")
+        if self.shadow_hours < 0 or self.canary_hours < 0:
+            raise ValueError("[rollout] shadow_hours and canary_hours must be >= 0")
+        if self.error_rate_factor < 1.0 or self.latency_p99_factor < 1.0:
+            raise ValueError("[rollout] error_rate_factor and latency_p99_factor must be >= 1")
+        if not 0.0 <= self.positive_rate_tolerance <= 1.0:
+            raise ValueError("[rollout] positive_rate_tolerance must be within 0..1")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError("[rollout] alpha must be within (0, 1)")
+        if self.min_errors < 1 or self.min_requests < 1:
+            raise ValueError("[rollout] min_errors and min_requests must be >= 1")
+
+    def baking_hours(self, stage: str) -> float:
+        return self.shadow_hours if stage == "shadow" else self.canary_hours
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "canary_steps": list(self.canary_steps)}
 
 
 PERFORMANCE_SOURCES = ("performance", "served_outcomes")

@@ -1,0 +1,93 @@
+"""The rollout sensor: moves an active staged rollout on by itself, or rolls it back.
+
+Each tick reads the active rollout, asks the evidence provider for each arm's counts since
+the stage began (the shared contract's ``arm_evidence`` shape) and lets
+``keel.rollout.guardrails.decide`` say what to do: a breached guardrail aborts the rollout at
+once (the champion keeps serving every key), a stage that baked its hours with passing
+guardrails advances (the last step makes it the champion), anything else holds. Every
+transition is a decision recorded with its evidence (``keel.registry.rollout``); whenever the
+registry holds decisions this sensor has not handed on, it requests ``rollout/decisions``
+(run key: the last decision's id), which copies them into the warehouse and lists them.
+
+The evidence provider and the clock are arguments of :func:`build_rollout_sensor`, so that a
+replay's clock and tests' constructed evidence drive the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dagster as dg
+
+from keel.core.lock import HomeBusy, hold
+from keel.registry import rollout
+from keel.registry.promotion import registered_names
+from keel.registry.rollout import Rollout
+from keel.rollout.guardrails import ErrorTest, decide, ratio_breach
+from resources.keel_state import KeelState
+from resources.mlflow import MlflowRegistry
+from sensors.jobs import record_rollout_decisions_job
+
+EvidenceProvider = Callable[[KeelState, Rollout, dt.datetime], Mapping[str, Any] | None]
+ACTOR = "keel rollout sensor"
+
+
+def no_evidence(keel: KeelState, current: Rollout, now: dt.datetime) -> None:
+    """Until serving logs each arm (``arm_evidence``), there is nothing to judge: hold."""
+    return None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def build_rollout_sensor(evidence: EvidenceProvider = no_evidence, clock: Callable[[], dt.datetime] = _utcnow,
+                         error_test: ErrorTest = ratio_breach, name: str = "rollout_sensor") -> dg.SensorDefinition:
+    @dg.sensor(
+        name=name,
+        job=record_rollout_decisions_job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=("Advances an active staged rollout whose stage baked and whose guardrails pass, aborts one "
+                     "that breached a guardrail, and records every decision (rollout/decisions)."),
+    )
+    def _sensor(context: dg.SensorEvaluationContext, keel: KeelState, mlflow: MlflowRegistry):
+        if not mlflow.location.exists():
+            return dg.SkipReason("no model registered yet: no rollout")
+        registry = mlflow.open()
+        names = registered_names(keel.usecase.name)
+        said = ""
+        try:
+            with hold(keel.paths.home, "the rollout sensor of keel dev", timeout=0):
+                current = rollout.active_rollout(registry, names)
+                if current is not None:
+                    now = clock()
+                    decision = decide(current, keel.deployment.rollout, evidence(keel, current, now), now,
+                                      error_test=error_test)
+                    said = f"rollout {current.id} of v{current.primary} ({current.stage}): {decision.action}: {decision.reason}"
+                    context.log.info(said)
+                    if decision.action == "advance":
+                        rollout.advance(registry, names, keel.deployment.rollout, actor=ACTOR,
+                                        reason=decision.reason, evidence=decision.evidence, at=now)
+                    elif decision.action == "abort":
+                        rollout.abort(registry, names, actor=ACTOR, reason=decision.reason,
+                                      evidence=decision.evidence, at=now)
+        except HomeBusy as exc:  # a run or a command writes the home; the next tick decides
+            who = exc.holder.describe() if exc.holder else "another process"
+            return dg.SkipReason(f"{who} holds the Keel home; deciding next tick")
+        recorded = rollout.decisions(registry, names)
+        if recorded and recorded[-1].id != context.cursor:
+            last = recorded[-1]
+            return dg.SensorResult(
+                run_requests=[dg.RunRequest(run_key=f"rollout-decisions:{last.id}",
+                                            tags={"keel/rollout": last.rollout_id, "keel/rollout_decision": last.id})],
+                cursor=last.id,
+            )
+        return dg.SkipReason(said or "no active rollout")
+
+    return _sensor
+
+
+rollout_sensor = build_rollout_sensor()
