@@ -25,7 +25,8 @@ from keel.core.lock import HomeBusy, hold
 from keel.registry import rollout
 from keel.registry.promotion import registered_names
 from keel.registry.rollout import Rollout
-from keel.rollout.guardrails import ErrorTest, decide, ratio_breach
+from keel.rollout.guardrails import ErrorTest, decide
+from keel.rollout.sequential import error_rate_breach
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
 from sensors.jobs import record_rollout_decisions_job
@@ -44,7 +45,7 @@ def _utcnow() -> dt.datetime:
 
 
 def build_rollout_sensor(evidence: EvidenceProvider = no_evidence, clock: Callable[[], dt.datetime] = _utcnow,
-                         error_test: ErrorTest = ratio_breach, name: str = "rollout_sensor") -> dg.SensorDefinition:
+                         error_test: ErrorTest = error_rate_breach, name: str = "rollout_sensor") -> dg.SensorDefinition:
     @dg.sensor(
         name=name,
         job=record_rollout_decisions_job,

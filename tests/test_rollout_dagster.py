@@ -133,8 +133,10 @@ def test_the_sensor_aborts_a_canary_at_twice_the_champions_error_rate_and_record
     rollout.start(registry, NAMES, 2, actor="alice", reason="gates passed", at=T0)
     rollout.advance(registry, NAMES, config.current().rollout, actor="alice", reason="baked", at=T0 + dt.timedelta(hours=48))
 
-    # 10/1000 = 1% against 18/9000 = 0.2%: five times the champion's, an hour into the canary.
-    result, _ = tick(instance, None, arms(10, "canary"), T0 + dt.timedelta(hours=49))
+    # 20/1000 = 2% against 18/9000 = 0.2%: ten times the champion's, an hour into the canary.
+    # The always-valid test rejects "at most twice" at p of about 1e-4 (at 10/1000 it would
+    # still hold: p = 0.17, too little evidence yet for a test that may be read every minute).
+    result, _ = tick(instance, None, arms(20, "canary"), T0 + dt.timedelta(hours=49))
 
     assert len(result.run_requests) == 1
     assert rollout.last_rollout(registry, NAMES).stage == "aborted"
@@ -144,4 +146,4 @@ def test_the_sensor_aborts_a_canary_at_twice_the_champions_error_rate_and_record
     assert (last["action"], last["actor"], last["from_stage"], last["to_stage"]) == (
         "abort", "keel rollout sensor", "canary", "aborted")
     assert last["reason"].startswith("canary breached error_rate")
-    assert last["evidence"]["guardrails"]["error_rate"]["evidence"]["rate"] == pytest.approx(0.01)
+    assert last["evidence"]["guardrails"]["error_rate"]["evidence"]["rate_canary"] == pytest.approx(0.02)

@@ -8,7 +8,7 @@ import pytest
 
 from keel.core.policies import RolloutPolicy
 from keel.registry.rollout import Rollout
-from keel.rollout.guardrails import ErrorVerdict, decide
+from keel.rollout.guardrails import ratio_breach, ErrorVerdict, decide
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 POLICY = RolloutPolicy(canary_steps=(0.05, 0.25, 0.5), shadow_hours=48, canary_hours=24, min_errors=5,
@@ -41,16 +41,26 @@ def test_twice_the_champions_error_rate_aborts_at_once_even_before_baking():
     decision = decide(rollout(), POLICY, arms(canary=(1000, 25, 900.0, 0.2)), T0 + dt.timedelta(hours=1))
     assert decision.action == "abort" and "error_rate" in decision.reason
     verdict = decision.evidence["guardrails"]["error_rate"]
-    assert verdict["evidence"]["rate"] == pytest.approx(25 / 1000)
-    assert verdict["evidence"]["champion_rate"] == pytest.approx(20 / 10000)
+    assert verdict["evidence"]["rate_canary"] == pytest.approx(25 / 1000)
+    assert verdict["evidence"]["rate_champion"] == pytest.approx(20 / 10000)
 
 
 @pytest.mark.parametrize("errors, action", [(4, "advance"), (5, "abort")])
 def test_the_minimum_error_count_keeps_a_few_errors_from_deciding(errors, action):
     # The champion made none: any rate is above twice its rate, so only the minimum count decides.
     decision = decide(rollout(), POLICY, arms(canary=(1000, errors, 900.0, 0.2), champion=(10000, 0, 850.0, 0.2)),
+                      T0 + dt.timedelta(hours=30), error_test=ratio_breach)
+    assert decision.action == action
+
+
+@pytest.mark.parametrize("errors, action", [(4, "advance"), (12, "abort")])
+def test_the_default_always_valid_test_needs_the_minimum_count_and_evidence(errors, action):
+    # 4 errors in 1,000 against none in 10,000: below the minimum count of 5, whatever the test.
+    # 12 in 1,000: the always-valid p-value is far below alpha (about 1e-4).
+    decision = decide(rollout(), POLICY, arms(canary=(1000, errors, 900.0, 0.2), champion=(10000, 0, 850.0, 0.2)),
                       T0 + dt.timedelta(hours=30))
     assert decision.action == action
+    assert decision.evidence["guardrails"]["error_rate"]["evidence"]["min_errors"] == 5
 
 
 def test_a_latency_or_positive_rate_breach_aborts_and_says_which():

@@ -8,10 +8,11 @@ guardrails advance only once the stage has baked its hours and both arms have
 ``min_requests`` requests; anything else holds, saying why. The decision carries everything
 it was decided on, so that the recorded decision shows its evidence.
 
-The error-rate guardrail is a plug (``error_test``): by default a rate above
-``error_rate_factor`` times the champion's once the candidate has ``min_errors`` errors;
-``keel.rollout.sequential.error_rate_breach`` (an always-valid test, safe to read at every
-tick) takes its place with the same arguments.
+The error-rate guardrail is a plug (``error_test``): by default
+``keel.rollout.sequential.error_rate_breach``, an always-valid test of "the candidate's error
+rate is above ``error_rate_factor`` times the champion's" that stays valid however often the
+sensor reads it, once the candidate has ``min_errors`` errors. :func:`ratio_breach`, the plain
+comparison of the two rates, takes its place with the same arguments where a caller wants it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from keel.core.policies import RolloutPolicy
 from keel.registry.rollout import Rollout
+from keel.rollout.sequential import error_rate_breach
 
 ACTIONS = ("advance", "abort", "hold")
 
@@ -61,7 +63,7 @@ ErrorTest = Callable[..., Any]
 
 
 def decide(rollout: Rollout, policy: RolloutPolicy, evidence: Mapping[str, Any] | None, now: dt.datetime,
-           *, error_test: ErrorTest = ratio_breach) -> Decision:
+           *, error_test: ErrorTest = error_rate_breach) -> Decision:
     """Advance, abort or hold ``rollout`` at ``now`` on ``evidence`` ({arm: counts})."""
     if not rollout.active:
         return Decision("hold", f"rollout {rollout.id} is {rollout.stage}: nothing to decide")
