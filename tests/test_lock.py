@@ -64,7 +64,7 @@ def test_a_writer_waits_for_the_holder_saying_for_whom_then_goes_on(tmp_path):
         assert proc.poll() is not None, "entered while the holder was still running"
         assert me.pid == os.getpid() and held_here(home)
     proc.wait()
-    assert 0.5 < waited < 10
+    assert 0.5 < waited < 30  # it waited for the holder, and no longer than its own timeout
     assert len(said) == 1 and "dagster run 1a2b3c4d (ingest_daily)" in said[0] and "waiting up to 30 s" in said[0]
     # Released and cleared: the file names nobody once its holder has gone.
     assert busy(home) is None and lock_path(home).read_text() == ""
