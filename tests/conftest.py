@@ -203,11 +203,11 @@ class Template:
     output: str
 
 
-def _shared_root(tmp_path_factory) -> Path:
+def _shared_root(tmp_path_factory, name: str = "keel-models") -> Path:
     """A folder every xdist worker of this session sees (their base temps' parent)."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     base = tmp_path_factory.getbasetemp()
-    return base.parent / f"keel-models-{run}" if run else base / "keel-models"
+    return base.parent / f"{name}-{run}" if run else base / name
 
 
 @pytest.fixture(scope="session")
@@ -315,13 +315,31 @@ def build_served_home(home: Path) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+@pytest.fixture(scope="session")
+def served_template(tmp_path_factory) -> Path:
+    """A home where keel run trained and promoted real models over SERVED_START..SERVED_END,
+    built once per session (about two minutes) for every xdist worker, and copied, never
+    used in place."""
+    root = _shared_root(tmp_path_factory, "keel-served")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "exit_code").exists():
+            code, output = build_served_home(root / "keel")
+            (root / "output.txt").write_text(output)
+            (root / "exit_code").write_text(str(code))
+    code = int((root / "exit_code").read_text())
+    assert code == 0, (root / "output.txt").read_text()
+    return root / "keel"
+
+
 @pytest.fixture(scope="module")
-def served_home(tmp_path_factory) -> KeelPaths:
-    """A home for one test module where keel run trained and promoted real models (about
-    two minutes; MLflow binds its store to the home's path, so it is built, not copied)."""
+def served_home(served_template, tmp_path_factory) -> KeelPaths:
+    """A module's own copy of the served template, MLflow store included: the store finds
+    it was moved when it is opened and points its artifacts at the copy
+    (``keel.registry.relocation``), so a module's promotions never reach another's."""
     home = tmp_path_factory.mktemp("served") / "keel"
-    code, output = build_served_home(home)
-    assert code == 0, output
+    shutil.copytree(served_template, home)
     return KeelPaths(home)
 
 
