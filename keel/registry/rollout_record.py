@@ -77,3 +77,17 @@ def active_rollout(registry: ModuleType, names: Mapping[str, str]) -> Rollout | 
 def write_rollout(registry: ModuleType, names: Mapping[str, str], rollout: Rollout) -> None:
     """Record ``rollout`` as the tag (one MLflow write)."""
     registry.client().set_registered_model_tag(names["primary"], ROLLOUT_TAG, json.dumps(rollout.to_dict()))
+
+
+def candidate_loader(registry: ModuleType, names: Mapping[str, str], rollout: Rollout):
+    """``load(registered name) -> (version, model)`` of the rollout's candidate set, for
+    ``keel.ml.scoring.load_tiers``."""
+    kinds = {name: kind for kind, name in names.items()}
+
+    def load(name: str):
+        version = rollout.set.get(kinds[name])
+        if version is None:
+            raise LookupError(f"{name} is not in the candidate set of rollout {rollout.id}")
+        return version, registry.load(name, version)
+
+    return load
