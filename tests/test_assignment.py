@@ -1,6 +1,6 @@
 """The rollout's assignment of keys to arms (keel.ml.assignment): deterministic across
 processes, the same for one key and a Series of keys, monotone in the share, and a canary
-share within the binomial bounds of the configured one."""
+share within the binomial bounds of the configured one; and the rollout record they read."""
 
 from __future__ import annotations
 
@@ -60,3 +60,17 @@ def test_the_observed_canary_share_is_within_binomial_bounds_of_the_configured_o
     mine = {k for k in KEYS if arm_of(k, rollout_id, share) == "canary"}
     expected = stats.binom.ppf(0.0005, len(mine), share), stats.binom.isf(0.0005, len(mine), share)
     assert expected[0] <= len(mine & other) <= expected[1]
+
+
+def test_the_rollout_record_reads_back_what_was_written_and_only_shadow_and_canary_are_active():
+    from keel.registry.rollout_record import Rollout
+
+    doc = {"id": "0123456789ab", "set": {"primary": 7, "fallback": 7, "baseline": 7}, "stage": "canary",
+           "share": 0.05, "step": 0, "started_at": "2026-12-02T18:00:00+00:00",
+           "stage_since": "2026-12-02T19:00:00+00:00", "by": "sensor"}
+    rollout = Rollout.from_dict(doc)
+    assert rollout.to_dict() == doc and rollout.active
+    assert [Rollout.from_dict({**doc, "stage": s}).active for s in ("shadow", "canary", "champion", "aborted")] == [
+        True, True, False, False]
+    with pytest.raises(ValueError, match="stage"):
+        Rollout.from_dict({**doc, "stage": "live"})
