@@ -161,6 +161,23 @@ def test_a_shadow_candidate_that_raises_never_changes_a_response_and_its_errors_
     assert evidence["shadow"]["latency_p99_us"] == pytest.approx(
         np.percentile([row["latency_us"] for row in shadow.values()], 99))
     assert evidence["shadow"]["positive_rate"] is None
+
+    # The shadow log's own asset loads the day's shadow scores, one row per logged line.
+    import dagster as dg
+
+    from assets.serving import online_shadow_predictions
+    from resources.keel_state import KeelState
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KEEL_HOME", str(served_home.home))
+        result = dg.materialize([online_shadow_predictions], partition_key=DAY.isoformat(),
+                                resources={"keel": KeelState()}, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    of_the_day = [row for row in lines(served_home, "shadow") if row["date"] == DAY.isoformat()]
+    rows = query(served_home.warehouse, "select request_id, rollout_id, error, score from "
+                 "serving.online_shadow_predictions where flight_date = ?", [DAY])
+    assert sorted(rows) == sorted((r["request_id"], r["rollout_id"], r["error"], r["score"]) for r in of_the_day)
+    assert {(rollout, error) for _, rollout, error, _ in rows if rollout == rollout_id} == {(rollout_id, True)}
     end_rollout(served_home)
     wait_for_rollout(rollout_server, None)
 
