@@ -85,13 +85,22 @@ def candidates(served_home):
 
 @pytest.fixture(scope="module")
 def rollout_server(served_home, candidates):
+    import threading
+
     process = ServerProcess(served_home, reload_seconds=0.5)
+    # LightGBM prints a line for every call that raises: unread, the pipe fills and the
+    # server's writes block, which would measure the test's pipe, not the server.
+    output: list[str] = []
+    drain = threading.Thread(target=lambda: output.extend(process.process.stdout), daemon=True)
+    drain.start()
     try:
         process.wait_ready()
         yield process
     finally:
         end_rollout_quietly(served_home)
-        assert process.stop(), process.output()
+        stopped = process.stop()
+        drain.join(timeout=10)
+        assert stopped, "".join(output[-50:])
 
 
 def end_rollout_quietly(paths) -> None:
@@ -230,36 +239,41 @@ def test_canary_arms_follow_arm_of_and_every_answer_logs_its_arm(rollout_server,
     wait_for_rollout(rollout_server, None)
 
 
-def test_arm_evidence_counts_equal_the_log_lines_counted_independently(rollout_server, served_home, candidates):
+def test_a_canary_that_raises_costs_no_answer_and_arm_evidence_counts_equal_the_log_lines(
+        rollout_server, served_home, candidates):
     from keel.serving.evidence import arm_evidence
 
     since = dt.datetime.now(dt.timezone.utc)
     requests = schedule(served_home, DAY, limit=80)
-    # A canary whose every tier raises: its keys get 503, the champion's are answered.
+    # A canary whose every tier raises: its keys fall back to the champion's chain, and every
+    # one of them is an error of the canary arm.
     rollout_id = write_rollout(served_home, "canary", candidates["raising"], share=0.3)
     wait_for_rollout(rollout_server, rollout_id)
-    statuses = [httpx.post(f"{rollout_server.url}/v1/predict", json=r, timeout=30) for r in requests]
-    arms = [expected_arm(r.json()["predictions"][0]["key"] if r.status_code == 200 else r.json()["detail"][0]["key"],
-                         rollout_id, 0.3) for r in statuses]
-    assert [r.status_code for r in statuses] == [503 if arm == "canary" else 200 for arm in arms]
+    responses = [httpx.post(f"{rollout_server.url}/v1/predict", json=r, timeout=30) for r in requests]
+    assert {r.status_code for r in responses} == {200}
+    answers = [r.json()["predictions"][0] for r in responses]
+    arms = [expected_arm(a["key"], rollout_id, 0.3) for a in answers]
+    assert [r.headers["keel-arm"] for r in responses] == arms
+    assert {(a["tier"], a["model_version"]) for a in answers} == {("primary", 1)}
     assert 10 < arms.count("canary") < 40
     time.sleep(2.0)  # past the logs' flush interval
     evidence = arm_evidence(served_home, rollout_id, since, threshold=0.2)
 
-    answered = [r for r in lines(served_home, "predictions") if r["rollout_id"] == rollout_id]
-    unanswered = [r for r in lines(served_home, "unanswered") if r["rollout_id"] == rollout_id]
-    assert len(answered) == arms.count("champion") and len(unanswered) == arms.count("canary")
-    scores = np.array([r["score"] for r in answered])
-    assert evidence["champion"] == {
-        "requests": len(answered), "errors": 0,
-        "latency_p99_us": pytest.approx(np.percentile([r["latency_us"] for r in answered], 99)),
-        "positive_rate": pytest.approx(float(np.mean(scores >= 0.2))),
-    }
-    assert evidence["canary"] == {
-        "requests": len(unanswered), "errors": len(unanswered),
-        "latency_p99_us": pytest.approx(np.percentile([r["latency_us"] for r in unanswered], 99)),
-        "positive_rate": None,
-    }
+    logged = [r for r in lines(served_home, "predictions") if r["rollout_id"] == rollout_id]
+    assert [r for r in lines(served_home, "unanswered") if r["rollout_id"] == rollout_id] == []
+    by_arm = {arm: [r for r in logged if r["arm"] == arm] for arm in ("champion", "canary")}
+    assert len(by_arm["champion"]) == arms.count("champion") and len(by_arm["canary"]) == arms.count("canary")
+    for row in by_arm["canary"]:
+        assert [f.split(":")[0] for f in row["failures"]] == ["primary v3", "fallback v3", "baseline v3"]
+        assert row["model_set"]["versions"] == {kind: 1 for kind in NAMES}  # the set that answered
+    for arm, rows in by_arm.items():
+        scores = np.array([r["score"] for r in rows])
+        assert evidence[arm] == {
+            "requests": len(rows), "errors": sum(bool(r["failures"]) for r in rows),
+            "latency_p99_us": pytest.approx(np.percentile([r["latency_us"] for r in rows], 99)),
+            "positive_rate": pytest.approx(float(np.mean(scores >= 0.2))),
+        }
+    assert evidence["champion"]["errors"] == 0 and evidence["canary"]["errors"] == arms.count("canary")
     assert evidence["shadow"] == {"requests": 0, "errors": 0, "latency_p99_us": None, "positive_rate": None}
     # Nothing before ``since`` counts, and another rollout's lines never do.
     assert arm_evidence(served_home, rollout_id, dt.datetime.now(dt.timezone.utc))["champion"]["requests"] == 0

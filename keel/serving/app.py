@@ -273,7 +273,7 @@ def create_app(runtime: ServingRuntime) -> FastAPI:
                 "model_name": tier.model_name, "model_version": tier.version,
                 "features_as_of": as_of, "request_id": uuid.uuid4().hex,
             })
-        runtime.record_answers(bundle, records, requests, predictions, arms, chain.failures,
+        runtime.record_answers(bundle, records, requests, predictions, arms, chain,
                                (time.perf_counter() - started) * 1e6)
         return json_response({"predictions": predictions}, headers=headers)
 

@@ -21,6 +21,7 @@ threshold; the caller passes the champion's).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def arm_evidence(paths, rollout_id: str, since: dt.datetime, *, threshold: float
     ``KeelPaths`` or the home folder."""
     if since.tzinfo is None:
         since = since.replace(tzinfo=dt.timezone.utc)
-    root = Path(getattr(paths, "home", paths)) / "serving"
+    # A Path has a ``home`` too (the user's): only a KeelPaths is asked for its home.
+    root = (Path(paths) if isinstance(paths, (str, os.PathLike)) else Path(paths.home)) / "serving"
     latency: dict[str, list[float]] = {arm: [] for arm in ARMS}
     scores: dict[str, list[float]] = {arm: [] for arm in ARMS}
     counts = {arm: {"requests": 0, "errors": 0} for arm in ARMS}

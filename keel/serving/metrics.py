@@ -58,6 +58,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "keel_bundle_reloads_total": ("counter", "Bundles (model set and snapshot) swapped in since the worker started."),
     "keel_metrics_workers": ("gauge", "Workers whose counts this answer adds up."),
     "keel_rollout_answers_total": ("counter", "Predictions answered during a rollout, by arm (champion, canary)."),
+    "keel_canary_fallbacks_total": (
+        "counter", "Canary predictions no candidate tier could score, answered by the champion's chain."),
     "keel_shadow_queue_depth": ("gauge", "Answered requests waiting for the shadow candidate."),
     "keel_shadow_queue_capacity": ("gauge", "Answered requests the shadow queue holds at most."),
     "keel_shadow_scored_total": ("counter", "Predictions the shadow candidate was asked for (scored or failed)."),

@@ -12,7 +12,8 @@ one: a bundle is never loaded from a half-moved set.
 The same poll reads the rollout record (``keel.registry.rollout_record``): while a rollout is
 in ``shadow`` or ``canary`` the bundle also holds its candidate set. In ``canary`` each
 request's arm is ``keel.ml.assignment.arm_of(key, rollout id, share)`` and the canary's keys
-are answered by the candidate's tier chain; in ``shadow`` the champion answers and the
+are answered by the candidate's tier chain (then by the champion's, when no candidate tier
+could score); in ``shadow`` the champion answers and the
 candidate scores off the response path (``keel.serving.shadow``).
 
 A second thread publishes the worker's metrics every ``keel.serving.metrics.SHARE_SECONDS``
@@ -137,40 +138,57 @@ class ServingRuntime:
 
     def score_arms(self, bundle: Bundle, records: list[dict], arms: list[str]) -> ChainResult:
         """The champion's chain for the champion's rows, the candidate's for the canary's,
-        merged back in request order."""
+        merged back in request order. A canary row the candidate's whole chain fails on is
+        answered by the champion's chain, so a broken candidate never costs its share of
+        traffic a 503; its row keeps the candidate's failures, which count against the canary
+        (``keel.serving.evidence``)."""
         if CANARY not in arms:
             return self.score(bundle, records)
         n = len(records)
         merged = ChainResult(np.full(n, math.nan), [None] * n, [[] for _ in range(n)])
-        for arm, tiers in ((CHAMPION, bundle.tiers), (CANARY, bundle.candidate)):
-            rows = [i for i, a in enumerate(arms) if a == arm]
-            if not rows:
-                continue
-            chain = self.score(bundle, [records[i] for i in rows], tiers)
+
+        def take(rows: list[int], chain: ChainResult, before: list[list[str]] | None = None) -> None:
             for j, i in enumerate(rows):
-                merged.scores[i], merged.tier[i], merged.failures[i] = chain.scores[j], chain.tier[j], chain.failures[j]
+                merged.scores[i], merged.tier[i] = chain.scores[j], chain.tier[j]
+                merged.failures[i] = [*(before[j] if before else []), *chain.failures[j]]
             merged.calls += chain.calls
             for reason, count in chain.skipped.items():
                 merged.skipped[reason] = merged.skipped.get(reason, 0) + count
+
+        champion_rows = [i for i, a in enumerate(arms) if a == CHAMPION]
+        canary_rows = [i for i, a in enumerate(arms) if a == CANARY]
+        if champion_rows:
+            take(champion_rows, self.score(bundle, [records[i] for i in champion_rows]))
+        candidate = self.score(bundle, [records[i] for i in canary_rows], bundle.candidate, count_unscored=False)
+        take(canary_rows, candidate)
+        failed = candidate.unscored()
+        if failed:
+            rows = [canary_rows[j] for j in failed]
+            self.metrics.inc("keel_canary_fallbacks_total", (), len(rows))
+            take(rows, self.score(bundle, [records[i] for i in rows]), [candidate.failures[j] for j in failed])
         return merged
 
     def record_answers(self, bundle: Bundle, records: list[dict], requests: list[dict], answers: list[dict],
-                       arms: list[str], failures: list[list[str]], latency_us: float) -> None:
-        """Log the answers, by arm, and offer them to the shadow candidate (off the path)."""
+                       arms: list[str], chain: ChainResult, latency_us: float) -> None:
+        """Log the answers, by arm and by the set that answered, and offer them to the shadow
+        candidate (off the path)."""
         rollout = bundle.rollout
         rollout_id = None if rollout is None else rollout.id
-        for arm, model_set in ((CHAMPION, bundle.model_set), (CANARY, bundle.candidate_set)):
-            rows = [i for i, a in enumerate(arms) if a == arm]
-            if not rows:
-                continue
-            if len(rows) == len(arms):
+        failures = chain.failures
+        candidate = {id(tier) for tier in bundle.candidate}
+        sets = ["candidate" if id(tier) in candidate else "champion" for tier in chain.tier]
+        groups = sorted({(arm, which) for arm, which in zip(arms, sets)})
+        for arm, which in groups:
+            model_set = bundle.candidate_set if which == "candidate" else bundle.model_set
+            if len(groups) == 1:
                 part = (records, requests, answers, failures)
             else:
+                rows = [i for i, key in enumerate(zip(arms, sets)) if key == (arm, which)]
                 part = tuple([seq[i] for i in rows] for seq in (records, requests, answers, failures))
             self.predictions.submit(part[0], part[1], part[2], bundle.snapshot.version, latency_us, model_set,
                                     arm=arm, rollout_id=rollout_id, failures=part[3])
             if rollout is not None:
-                self.metrics.inc("keel_rollout_answers_total", (("arm", arm),), len(rows))
+                self.metrics.inc("keel_rollout_answers_total", (("arm", arm),), len(part[0]))
         if rollout is not None and rollout.stage == "shadow" and bundle.candidate:
             self.shadow.offer(bundle, records, requests, answers, latency_us)
 
@@ -183,7 +201,7 @@ class ServingRuntime:
             unanswered_lines, keys=keys, arms=arms, rollout_id=None if rollout is None else rollout.id,
             failures=failures, latency_us=latency_us, served_at=served_at))
 
-    def score(self, bundle: Bundle, records: list[dict], tiers=None) -> ChainResult:
+    def score(self, bundle: Bundle, records: list[dict], tiers=None, count_unscored: bool = True) -> ChainResult:
         chain = score_chain(bundle.tiers if tiers is None else tiers, records, self.budgets)
         metrics = self.metrics
         for tier, seconds in chain.calls:
@@ -192,7 +210,8 @@ class ServingRuntime:
             metrics.inc("keel_tier_skipped_total", (("tier", tier), ("reason", reason)), rows)
         for tier in chain.tier:
             if tier is None:
-                metrics.inc("keel_unscored_total")
+                if count_unscored:
+                    metrics.inc("keel_unscored_total")
             else:
                 metrics.inc("keel_predictions_total", (("tier", tier.name),))
         return chain
