@@ -3,7 +3,8 @@
 ``models/predictions`` is daily partitioned like the feature mart; a range of days is one
 run. Each day is scored by the champion primary model, else the champion fallback, else the
 rule baseline (``keel.ml.scoring``), and ``serving.predictions`` records for every row the tier
-and the model version that produced it.
+and the model version that produced it. During a rollout (stage ``shadow`` or ``canary``) the
+candidate set scores the same rows into ``serving.shadow_predictions``, each with its arm.
 """
 
 
@@ -18,9 +19,10 @@ from assets.features import FEATURES_KEY
 from assets.training import GROUP, model_spec
 from keel.ml.datasets import feature_rows
 from keel.registry.model_set import champion_loader
+from keel.registry.rollout_record import active_rollout, candidate_loader
 from keel.registry.promotion import registered_names
-from keel.ml.predictions import write_predictions
-from keel.ml.scoring import TIERS, load_tiers, score_days, write_degraded_days
+from keel.ml.predictions import write_predictions, write_shadow_predictions
+from keel.ml.scoring import TIERS, load_tiers, score_days, shadow_scores, write_degraded_days
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
 
@@ -58,16 +60,31 @@ def predictions(context: dg.AssetExecutionContext, keel: KeelState, mlflow: Mlfl
             context.log.warning(f"tier {tier.name} ({tier.model_name}) did not load: {tier.error}")
     with keel.warehouse() as con:
         frame = feature_rows(con, spec, days[0], days[-1])
-    result = score_days(
-        frame, spec.key, spec.date_column, days, tiers,
-        scored_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0),
-    )
+    scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    result = score_days(frame, spec.key, spec.date_column, days, tiers, scored_at=scored_at)
     for failure in result.failures[:20]:
         context.log.warning(f"tier failed, next tier used: {failure}")
     degraded_days = result.degraded_days(tiers)
+    rollout = active_rollout(registry, names)
+    shadow_metadata = {}
+    if rollout is not None:
+        candidate = load_tiers(names, candidate_loader(registry, names, rollout))
+        shadow, shadow_failures = shadow_scores(
+            frame, spec.key, spec.date_column, days, candidate, result.predictions,
+            rollout_id=rollout.id, stage=rollout.stage, share=rollout.share, scored_at=scored_at)
+        for failure in shadow_failures[:20]:
+            context.log.warning(f"rollout {rollout.id}: the candidate set failed: {failure}")
+        shadow_metadata = {
+            "rollout": dg.MetadataValue.json(rollout.to_dict()),
+            "rows_shadow": len(shadow),
+            "rows_per_arm": dg.MetadataValue.json({str(k): int(v) for k, v in shadow["arm"].value_counts().items()}),
+            "shadow_failures": dg.MetadataValue.json(shadow_failures[:50]),
+        }
     with keel.warehouse() as con:
         write_predictions(con, spec, result.predictions, days)
         write_degraded_days(con, days, degraded_days)
+        if rollout is not None:
+            write_shadow_predictions(con, spec, shadow, days, rollout.id)
     per_tier = result.rows_per_tier()
     degraded = [d["day"] for d in degraded_days]
     share = result.share_below_primary()
@@ -84,6 +101,7 @@ def predictions(context: dg.AssetExecutionContext, keel: KeelState, mlflow: Mlfl
             "days_not_on_primary": dg.MetadataValue.json(result.days_not_on_primary()[:50]),
             "days": len(days),
             "dagster/row_count": len(result.predictions),
+            **shadow_metadata,
         },
         # A warning, not a gate: a degraded day is still served, by the best tier that works.
         check_results=[dg.AssetCheckResult(

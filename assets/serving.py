@@ -9,7 +9,8 @@ feature vector the API served to the mart's row of the same key.
 Both refresh under automation once a day's mart is built (``daily_refresh``): the snapshot
 then holds that day's trailing rates for the days to come, and the day's served answers are
 loaded and held to the mart's rows of that very build. ``keel run`` loads the log of every
-day of its range that has one.
+day of its range that has one. ``serving/online_shadow_predictions`` loads the shadow log (a
+rollout's candidate scoring live requests beside the champion) into its own table.
 """
 
 import dagster as dg
@@ -19,7 +20,7 @@ from assets.partitions import USECASE, daily_partitions, partition_dates
 from assets.training import FEATURES_KEY
 from keel.render.tables import frame_table
 from keel.serving.logs import read_log
-from keel.serving.served import load_served, served_skew
+from keel.serving.served import load_served, load_shadow, served_skew
 from keel.serving.snapshot import export_snapshot, snapshots_root
 from resources.keel_state import KeelState
 
@@ -110,6 +111,37 @@ def serving_skew(context: dg.AssetCheckExecutionContext, keel: KeelState) -> dg.
     )
 
 
+@dg.asset(
+    key=["serving", "online_shadow_predictions"],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    deps=[FEATURES_KEY],
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    automation_condition=daily_refresh(),
+)
+def online_shadow_predictions(context: dg.AssetExecutionContext, keel: KeelState) -> dg.MaterializeResult:
+    """Every score a rollout's shadow candidate gave the day's requests, beside the champion's
+    answer (serving.online_shadow_predictions); never an answer."""
+    days = partition_dates(context)
+    records = read_log(keel.paths.home / "serving" / "shadow")
+    with keel.warehouse() as con:
+        written = load_shadow(con, keel.usecase.model, records, days)
+    wanted = {d.isoformat() for d in days}
+    of_the_days = [r for r in records if r["date"] in wanted]
+    per_rollout: dict[str, dict[str, int]] = {}
+    for record in of_the_days:
+        counts = per_rollout.setdefault(record["rollout_id"], {"rows": 0, "errors": 0})
+        counts["rows"] += 1
+        counts["errors"] += bool(record["error"])
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": written,
+        "per_rollout": dg.MetadataValue.json(per_rollout),
+        "log_records_read": len(records),
+    })
+
+
 # A use case without a real-time API (UseCase.serving None) has no online snapshot to serve.
-serving_assets = [online_snapshot, online_predictions] if USECASE.serving and FEATURES_KEY else []
+serving_assets = ([online_snapshot, online_predictions, online_shadow_predictions]
+                  if USECASE.serving and FEATURES_KEY else [])
 serving_checks = [serving_skew] if serving_assets else []

@@ -343,6 +343,26 @@ def served_home(served_template, tmp_path_factory) -> KeelPaths:
     return KeelPaths(home)
 
 
+REQUEST_COLUMNS = ("year", "month", "day", "carrier", "flight", "tailnum", "origin", "dest",
+                   "sched_dep_time", "sched_arr_time", "distance", "hour", "minute", "time_hour")
+
+
+def schedule(paths, day: dt.date, limit: int | None = None) -> list[dict]:
+    """Scheduled flights of ``day`` as requests: validated.flights' schedule columns."""
+    rows = query(
+        paths.warehouse,
+        f"select {', '.join(REQUEST_COLUMNS)} from validated.flights where _partition_date = ? "
+        "order by carrier, flight, origin" + (f" limit {int(limit)}" if limit else ""),
+        [day],
+    )
+    requests = []
+    for row in rows:
+        request = dict(zip(REQUEST_COLUMNS, row))
+        request["time_hour"] = request["time_hour"].isoformat() + "Z"
+        requests.append(request)
+    return requests
+
+
 class ServerProcess:
     """``keel serve`` as its own process on 127.0.0.1 and a free port, stopped cleanly."""
 

@@ -155,3 +155,51 @@ def test_corrupted_labels_touch_training_and_validation_never_the_test(split, mo
     else:
         assert corrupted.positives == split.positives  # the same labels, in another order
     assert corrupt_labels(split, SPEC, "none") is split
+
+
+# -- a rollout's candidate in batch (serving.shadow_predictions) -------------------------------
+
+
+def test_the_candidates_batch_scores_sit_beside_the_champions_with_the_apis_arms(split, models, tmp_path):
+    import hashlib
+
+    from keel.ml.predictions import write_shadow_predictions
+    from keel.ml.scoring import shadow_scores
+
+    frame = split.test
+    days = days_of(frame)
+    champion = score_days(frame, "flight_id", "flight_date", days, tiers(models), SCORED_AT)
+    # The candidate's primary does not load: its fallback answers, as the API's chain would.
+    candidate = tiers(models, primary="not loaded")
+    rows, failures = shadow_scores(frame, "flight_id", "flight_date", days, candidate, champion.predictions,
+                                   rollout_id="0123456789ab", stage="canary", share=0.25, scored_at=SCORED_AT)
+    assert failures == [] and len(rows) == len(frame)
+    by_key = rows.set_index("flight_id")
+    expected = models["fallback"].predict(frame)
+    np.testing.assert_array_equal(by_key.loc[frame["flight_id"], "score"].to_numpy(), expected)
+    np.testing.assert_array_equal(by_key.loc[frame["flight_id"], "champion_score"].to_numpy(),
+                                  models["primary"].predict(frame))
+
+    def arm(key: str) -> str:
+        u = int.from_bytes(hashlib.sha256(f"0123456789ab\x1f{key}".encode()).digest()[:8], "big") / 2**64
+        return "canary" if u < 0.25 else "champion"
+
+    assert list(rows["arm"]) == [arm(str(k)) for k in rows["flight_id"]]
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        write_shadow_predictions(con, SPEC, rows, days, "0123456789ab")
+        write_shadow_predictions(con, SPEC, rows, days, "0123456789ab")  # a rerun replaces its rows
+        stored = con.execute("select arm, count(*) from serving.shadow_predictions group by arm").fetchall()
+    assert dict(stored) == rows["arm"].value_counts().to_dict()
+
+
+def test_a_candidate_that_cannot_score_is_reported_and_never_fails_the_champions_run(split, models):
+    from keel.ml.scoring import shadow_scores
+
+    frame = split.test
+    days = days_of(frame)
+    champion = score_days(frame, "flight_id", "flight_date", days, tiers(models), SCORED_AT)
+    nothing = tiers(models, primary="gone", fallback="gone", baseline="gone")
+    rows, failures = shadow_scores(frame, "flight_id", "flight_date", days, nothing, champion.predictions,
+                                   rollout_id="0123456789ab", stage="shadow", share=0.0, scored_at=SCORED_AT)
+    assert rows.empty and len(failures) == 1 and "no tier could score" in failures[0]
+

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from conftest import SERVED_END, USECASE, ServerProcess, query
+from conftest import REQUEST_COLUMNS, SERVED_END, USECASE, ServerProcess, query, schedule
 
 from keel.registry.promotion import registered_names
 
@@ -23,26 +23,6 @@ pytestmark = pytest.mark.slow
 NAMES = registered_names("flight_disruption")
 FEATURES = USECASE.model.features
 DAY = SERVED_END  # scored in batch by the keel run that built the home
-REQUEST_COLUMNS = ("year", "month", "day", "carrier", "flight", "tailnum", "origin", "dest",
-                   "sched_dep_time", "sched_arr_time", "distance", "hour", "minute", "time_hour")
-
-
-def schedule(paths, day: dt.date, limit: int | None = None) -> list[dict]:
-    """Scheduled flights of ``day`` as requests: validated.flights' schedule columns."""
-    rows = query(
-        paths.warehouse,
-        f"select {', '.join(REQUEST_COLUMNS)} from validated.flights where _partition_date = ? "
-        "order by carrier, flight, origin" + (f" limit {int(limit)}" if limit else ""),
-        [day],
-    )
-    requests = []
-    for row in rows:
-        request = dict(zip(REQUEST_COLUMNS, row))
-        request["time_hour"] = request["time_hour"].isoformat() + "Z"
-        requests.append(request)
-    return requests
-
-
 def key(request: dict) -> str:
     return (f"{request['year']:04d}{request['month']:02d}{request['day']:02d}-{request['carrier']}-"
             f"{request['flight']}-{request['origin']}")

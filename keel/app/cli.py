@@ -427,7 +427,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     print(f"keel serve: http://{args.host}:{args.port} (snapshot {version}, {args.workers} worker(s))",
           file=sys.stderr, flush=True)
-    serve(ServeOptions(home=str(paths.home), reload_seconds=args.reload_seconds),
+    serve(ServeOptions(home=str(paths.home), reload_seconds=args.reload_seconds,
+                       shadow_sample=args.shadow_sample),
           args.host, args.port, args.workers)
     return 0
 
@@ -574,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--reload-seconds", type=float, default=5.0,
                    help="how often the champions and the snapshot are checked for a new set")
+    p.add_argument("--shadow-sample", type=float, default=1.0,
+                   help="during a shadow rollout, the share of keys the candidate scores (default: all)")
     p.set_defaults(func=cmd_serve)
 
     add_feedback_parser(sub)

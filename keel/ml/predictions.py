@@ -99,3 +99,50 @@ def labelled_predictions(con: duckdb.DuckDBPyConnection, spec: ModelSpec, first:
         f"order by predictions.{day}, predictions.{key}",
         [first, last],
     ).df()
+
+
+# ``serving.shadow_predictions``: during a rollout, the candidate set's score of every row batch
+# scoring scored, beside the champion's, with the row's arm (``keel.ml.assignment``: the same
+# hash the API assigns by, so a flight has one arm online and in batch) and the rollout.
+SHADOW_FIELDS = ("rollout_id", "stage", "arm", "score", "tier", "model_name", "model_version",
+                 "champion_score", "champion_tier", "champion_model_version", "scored_at")
+
+
+def shadow_columns(key: str, date_column: str) -> tuple[str, ...]:
+    return (key, date_column, *SHADOW_FIELDS)
+
+
+def shadow_ddl(spec: ModelSpec) -> list[str]:
+    key, day = ident(spec.key), ident(spec.date_column)
+    return [
+        "create schema if not exists serving",
+        f"""create table if not exists serving.shadow_predictions (
+        {key} varchar, {day} date, rollout_id varchar, stage varchar, arm varchar, score double,
+        tier varchar, model_name varchar, model_version integer, champion_score double,
+        champion_tier varchar, champion_model_version integer, scored_at timestamp)""",
+    ]
+
+
+def write_shadow_predictions(con: duckdb.DuckDBPyConnection, spec: ModelSpec, rows: pd.DataFrame,
+                             days: Sequence[dt.date], rollout_id: str) -> None:
+    """Replace this rollout's rows of ``days`` in serving.shadow_predictions, in one transaction."""
+    for statement in shadow_ddl(spec):
+        con.execute(statement)
+    columns = list(shadow_columns(spec.key, spec.date_column))
+    frame = rows[columns].astype({"model_version": "Int32", "champion_model_version": "Int32"})
+    key, day = ident(spec.key), ident(spec.date_column)
+    con.execute("begin transaction")
+    try:
+        con.execute(f"delete from serving.shadow_predictions where rollout_id = ? and {day} between ? and ?",
+                    [rollout_id, min(days), max(days)])
+        con.register("shadow_rows", frame)
+        con.execute(
+            f"insert into serving.shadow_predictions select cast({key} as varchar), cast({day} as date), "
+            "rollout_id, stage, arm, score, tier, model_name, model_version, champion_score, champion_tier, "
+            "champion_model_version, scored_at from shadow_rows"
+        )
+        con.unregister("shadow_rows")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise

@@ -7,6 +7,11 @@ row records the tier and the model version that produced it, so a degraded day i
 in the table itself. When every tier fails on a day, scoring fails loudly.
 
 Predictions live in ``serving.predictions``; a run replaces its days in one transaction.
+
+During a rollout the candidate set scores the same rows (``shadow_scores``): its scores go to
+``serving.shadow_predictions`` beside the champion's, each row with its arm by the API's own
+assignment (``keel.ml.assignment``). The candidate never decides what ``serving.predictions``
+holds and never fails the run: a candidate that cannot score is reported, not raised.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from keel.core.warehouse import ident
+from keel.ml.assignment import arms_of
 from keel.ml.modeling import KINDS, TrainedModel
-from keel.ml.predictions import prediction_columns
+from keel.ml.predictions import prediction_columns, shadow_columns
 
 TIERS = KINDS  # ("primary", "fallback", "baseline"): the order scoring tries them in
 # One row per day that was scored, in part or whole, below the primary tier, and why. The
@@ -189,6 +195,27 @@ def _score_with(tier: Tier, frame: pd.DataFrame, rows_of_day: Mapping[dt.date, n
         scored[day] = day_scores
     return scored
 
+
+def shadow_scores(
+    frame: pd.DataFrame, key: str, date_column: str, days: Sequence[dt.date], tiers: Sequence[Tier],
+    champion: pd.DataFrame, *, rollout_id: str, stage: str, share: float, scored_at: dt.datetime,
+) -> tuple[pd.DataFrame, list[str]]:
+    """The candidate's rows for ``serving.shadow_predictions`` (``shadow_columns``) and why any
+    could not be scored. ``champion`` is :func:`score_days`' predictions of the same ``frame``;
+    each row's arm is ``arm_of(key, rollout_id, share)`` (all ``champion`` in shadow, share 0)."""
+    columns = list(shadow_columns(key, date_column))
+    try:
+        candidate = score_days(frame, key, date_column, days, tiers, scored_at)
+    except RuntimeError as exc:  # the champion's run goes on; the candidate's failure is reported
+        return pd.DataFrame(columns=columns), [str(exc)]
+    scored = candidate.predictions.rename(columns={"scored_at": "_scored_at"})
+    reference = champion[[key, date_column, "score", "tier", "model_version"]].rename(columns={
+        "score": "champion_score", "tier": "champion_tier", "model_version": "champion_model_version"})
+    rows = scored.merge(reference, on=[key, date_column], how="left", validate="one_to_one")
+    rows["rollout_id"], rows["stage"] = rollout_id, stage
+    rows["arm"] = arms_of(rows[key].astype(str), rollout_id, share if stage == "canary" else 0.0)
+    rows["scored_at"] = rows.pop("_scored_at")
+    return rows[columns], candidate.failures
 
 
 def write_degraded_days(con, days: Sequence[dt.date], degraded: Sequence[Mapping]) -> None:

@@ -3,7 +3,9 @@
 Endpoints, versioned under ``/v1``: ``POST /v1/predict`` scores one request or a list of them
 in the deployment's request schema (the columns ``ServingSpec.request_columns`` of its
 request table, typed by that table's contract; unknown fields are rejected);
-``POST /v1/events`` takes live rows of the event tables
+During a rollout the answers carry the headers ``keel-rollout`` (``<id>;stage=...;share=...``)
+and ``keel-arm`` (``champion`` or ``canary``; per prediction, comma-separated, when a batch
+mixes arms); the response body keeps its keys. ``POST /v1/events`` takes live rows of the event tables
 (``keel.serving.events``); ``POST /v1/feedback`` takes label corrections and human labels
 (``keel.serving.feedback``); ``GET /v1/models`` says what serves;
 ``GET /healthz`` (the process lives) and ``GET /readyz`` (a bundle is loaded; degraded tiers
@@ -180,6 +182,12 @@ def create_app(runtime: ServingRuntime) -> FastAPI:
         return {"queue_depth": log.depth, "queue_capacity": log.capacity, "written": log.written,
                 "dropped": log.dropped}
 
+    def shadow_state() -> dict:
+        shadow = runtime.shadow
+        return {"queue_depth": shadow.depth, "queue_capacity": shadow.capacity, "scored": shadow.scored,
+                "errors": shadow.errors, "dropped": shadow.dropped, "log_dropped": runtime.shadow_log.dropped,
+                "sample": shadow.sample}
+
     @app.get("/healthz")
     async def healthz():
         return json_response({"status": "alive"})
@@ -199,7 +207,7 @@ def create_app(runtime: ServingRuntime) -> FastAPI:
         bundle = runtime.bundle
         if bundle is None:
             return json_response({"error": runtime.load_error or "loading"}, 503)
-        return json_response({**bundle.describe(), "prediction_log": log_state()})
+        return json_response({**bundle.describe(), "prediction_log": log_state(), "shadow": shadow_state()})
 
     @app.get("/metrics")
     async def metrics():
@@ -240,11 +248,18 @@ def create_app(runtime: ServingRuntime) -> FastAPI:
         except (KeyError, ValueError) as exc:
             message = exc.args[0] if exc.args else str(exc)
             return json_response({"error": "cannot build features", "detail": str(message)}, 422)
-        chain = runtime.score(bundle, records)
-        unscored = chain.unscored()
         keys = [record[key_column] for record in records]
+        arms = runtime.arms(bundle, keys)
+        chain = runtime.score_arms(bundle, records, arms)
+        unscored = chain.unscored()
         headers = {"keel-model-set": bundle.set_label, "keel-worker": worker}
+        if bundle.rollout is not None:
+            rollout = bundle.rollout
+            headers["keel-rollout"] = f"{rollout.id};stage={rollout.stage};share={rollout.share:g}"
+            headers["keel-arm"] = arms[0] if len(set(arms)) == 1 else ",".join(arms)
         if unscored:
+            runtime.record_unanswered(bundle, requests, keys, arms, chain.failures,
+                                      (time.perf_counter() - started) * 1e6)
             return json_response({
                 "error": "no tier could score the request",
                 "detail": [{"key": keys[i], "reasons": chain.failures[i]} for i in unscored[:20]],
@@ -258,8 +273,8 @@ def create_app(runtime: ServingRuntime) -> FastAPI:
                 "model_name": tier.model_name, "model_version": tier.version,
                 "features_as_of": as_of, "request_id": uuid.uuid4().hex,
             })
-        runtime.predictions.submit(records, requests, predictions, bundle.snapshot.version,
-                                   (time.perf_counter() - started) * 1e6, bundle.model_set)
+        runtime.record_answers(bundle, records, requests, predictions, arms, chain,
+                               (time.perf_counter() - started) * 1e6)
         return json_response({"predictions": predictions}, headers=headers)
 
     @app.post("/v1/events")

@@ -13,6 +13,10 @@ that request to the next tier, and so does a tier that took longer than its time
 
 The model set is the registry's committed champion set (``keel.registry.model_set``), read in
 one registry call: never the aliases, which a promotion moves one after another.
+
+During a rollout (``keel.registry.rollout_record``: stage ``shadow`` or ``canary``) the bundle
+also holds the candidate set's tier chain and the rollout itself, loaded and swapped with the
+champion's: a request reads one bundle and so one rollout, one share, one pair of sets.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from keel.core.spec import ServingSpec
 from keel.ml.scoring import Tier, load_tiers
 from keel.registry.model_set import champion_set
+from keel.registry.rollout_record import Rollout
 from keel.serving.snapshot import Snapshot
 
 
@@ -45,6 +50,10 @@ class Bundle:
     aliases: Mapping[str, str] = field(default_factory=dict)  # tier -> the alias it was loaded from
     # The committed champion set the tiers were loaded from: {"versions": {kind: v}, "txn": id}.
     model_set: Mapping[str, Any] = field(default_factory=dict)
+    # The active rollout, its candidate's tier chain and set ({"versions": ..., "rollout": id}).
+    rollout: Rollout | None = None
+    candidate: tuple[Tier, ...] = ()
+    candidate_set: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def set_label(self) -> str:
@@ -58,7 +67,13 @@ class Bundle:
         return {t.name: t.error or "not loaded" for t in self.tiers if t.model is None}
 
     def describe(self) -> dict[str, Any]:
+        rollout = None
+        if self.rollout is not None:
+            rollout = {**self.rollout.to_dict(), "candidate": [
+                {"tier": t.name, "model_name": t.model_name, "version": t.version,
+                 "loaded": t.model is not None, "error": t.error} for t in self.candidate]}
         return {
+            "rollout": rollout,
             "tiers": [
                 {"tier": t.name, "model_name": t.model_name, "version": t.version,
                  "alias": self.aliases.get(t.name, "champion"), "loaded": t.model is not None,
@@ -84,25 +99,46 @@ def committed_set(registry: ModuleType, names: Mapping[str, str]) -> dict[str, A
     return {"versions": dict(current.versions), "txn": current.txn}
 
 
-def load_bundle(registry: ModuleType, names: Mapping[str, str], snapshot: Snapshot,
-                serving: ServingSpec, *, chosen: Mapping[str, Any], wanted: tuple = (),
-                store: Any = None) -> Bundle:
-    """Load every member of the set ``chosen`` (``committed_set``) and the snapshot's feature
-    store (or reuse ``store``, the store already built from this same snapshot)."""
-    versions = chosen["versions"]
+def load_set(registry: ModuleType, names: Mapping[str, str], versions: Mapping[str, int],
+             which: str = "champion set") -> tuple[Tier, ...]:
+    """The tier chain of the set ``versions`` (kind -> version); a member that does not load
+    keeps its error (the next tier takes over)."""
     kinds = {name: kind for kind, name in names.items()}
 
     def load(name: str):
         version = versions.get(kinds[name])
         if version is None:
-            raise LookupError(f"{name} is not in the champion set (no promotion yet)")
+            raise LookupError(f"{name} is not in the {which}" + (" (no promotion yet)" if which == "champion set" else ""))
         return version, registry.load(name, version)
 
-    tiers = tuple(load_tiers(names, load))
+    return tuple(load_tiers(names, load))
+
+
+def load_bundle(registry: ModuleType, names: Mapping[str, str], snapshot: Snapshot,
+                serving: ServingSpec, *, chosen: Mapping[str, Any], wanted: tuple = (),
+                store: Any = None, rollout: Rollout | None = None, reuse: Bundle | None = None) -> Bundle:
+    """Load every member of the set ``chosen`` (``committed_set``), of the active ``rollout``'s
+    candidate set, and the snapshot's feature store (or reuse ``store``, the store already
+    built from this same snapshot). Tier chains of the same versions as ``reuse``'s are
+    reused: a registered version never changes, so a canary step reloads nothing."""
+    versions = dict(chosen["versions"])
+    if reuse is not None and dict(reuse.model_set.get("versions", {})) == versions:
+        tiers = reuse.tiers
+    else:
+        tiers = load_set(registry, names, versions)
+    candidate: tuple[Tier, ...] = ()
+    candidate_set: dict[str, Any] = {}
+    if rollout is not None:
+        candidate_set = {"versions": dict(rollout.set), "rollout": rollout.id}
+        if reuse is not None and reuse.candidate and dict(reuse.candidate_set.get("versions", {})) == dict(rollout.set):
+            candidate = reuse.candidate
+        else:
+            candidate = load_set(registry, names, rollout.set, f"candidate set of rollout {rollout.id}")
     if store is None:
         store = serving.load_store(snapshot.path)
     return Bundle(tiers=tiers, store=store, snapshot=snapshot, wanted=wanted,
-                  model_set={"versions": dict(versions), "txn": chosen.get("txn", "")},
+                  model_set={"versions": versions, "txn": chosen.get("txn", "")},
+                  rollout=rollout, candidate=candidate, candidate_set=candidate_set,
                   loaded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"))
 
 

@@ -7,11 +7,20 @@ flushed and fsynced at least every ``flush_seconds`` and at shutdown. A ``kill -
 most the last flush interval. When the queue is full the request is still answered and
 what could not be queued is counted (``dropped``), never silently lost: ``/readyz`` and
 ``/v1/models`` report the count and the queue's depth.
+
+During a rollout (``keel.registry.rollout_record``) each row also says which ``arm`` answered
+(``champion`` or ``canary``) and the ``rollout_id``; ``failures`` lists, for every row, why
+each tier before the one that answered did not (empty when the first tier answered), so
+that errors hidden by a fallback still count against the arm. Two more logs use the same
+writer: ``serving/shadow/`` (the shadow candidate's scores, never answers) and
+``serving/unanswered/`` (requests no tier could score: the 503s), which
+``keel.serving.evidence`` reads beside this one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import queue
@@ -27,10 +36,18 @@ import pandas as pd
 from keel.core import durable
 
 LOG_COLUMNS = ("request_id", "key", "date", "score", "tier", "model_name", "model_version",
-               "snapshot_version", "features_as_of", "latency_us", "served_at", "features", "model_set")
+               "snapshot_version", "features_as_of", "latency_us", "served_at", "features", "model_set",
+               "arm", "rollout_id", "failures")
+SHADOW_COLUMNS = ("request_id", "key", "date", "arm", "rollout_id", "score", "tier", "model_name",
+                  "model_version", "failures", "error", "latency_us", "champion_score", "champion_tier",
+                  "champion_latency_us", "served_at", "scored_at", "model_set")
+UNANSWERED_COLUMNS = ("key", "date", "arm", "rollout_id", "status", "failures", "latency_us", "served_at")
 
 
-class PredictionLog:
+class JsonlLog:
+    """A bounded queue of rows to write and the one thread that appends them as JSON lines
+    under ``root/<UTC date>/<pid>.jsonl``; what does not fit in the queue is counted."""
+
     def __init__(self, root: Path, row_date, *, capacity: int = 10_000, flush_seconds: float = 1.0):
         self.root = Path(root)
         self.row_date = row_date  # requests frame -> each request's date (the use case's rule)
@@ -45,16 +62,13 @@ class PredictionLog:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, features: list[dict], requests: list[dict], answers: list[dict],
-               snapshot_version: str, latency_us: float, model_set: dict | None = None) -> None:
-        """Queue one answered request: its feature records as served, the requests, the answers
-        (never blocks the handler)."""
-        served_at = dt.datetime.now(dt.timezone.utc)
+    def submit_lines(self, requests: list[dict], rows: int, build) -> None:
+        """Queue ``rows`` rows of ``requests``: ``build(dates)`` (each request's date) returns
+        their JSON lines, in the writer thread (never blocks the caller)."""
         try:
-            self._queue.put_nowait((features, requests, answers, snapshot_version, latency_us, served_at,
-                                    model_set or {}))
+            self._queue.put_nowait((requests, build))
         except queue.Full:
-            self.dropped += len(answers)
+            self.dropped += rows
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -80,9 +94,9 @@ class PredictionLog:
             else:
                 if not pending:
                     oldest = time.monotonic()
-                features, requests, *rest = item
+                requests, build = item
                 dates = [str(d) for d in self.row_date(requests)]
-                pending.append(_lines(features, dates, *rest))
+                pending.append(build(dates))
             if pending and (len(pending) >= 1000 or time.monotonic() - oldest >= self.flush_seconds):
                 self._write(pending)
                 pending = []
@@ -98,20 +112,54 @@ class PredictionLog:
         self.written += data.count(b"\n")
 
 
-def _lines(records: list[dict], dates: list[str], answers: list[dict], snapshot_version: str,
-           latency_us: float, served_at: dt.datetime, model_set: dict) -> bytes:
-    stamp = served_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+class PredictionLog(JsonlLog):
+    def submit(self, features: list[dict], requests: list[dict], answers: list[dict],
+               snapshot_version: str, latency_us: float, model_set: dict | None = None, *,
+               arm: str = "champion", rollout_id: str | None = None,
+               failures: list[list[str]] | None = None) -> None:
+        """Queue one answered request: its feature records as served, the requests, the answers
+        (never blocks the handler)."""
+        served_at = dt.datetime.now(dt.timezone.utc)
+        self.submit_lines(requests, len(answers), functools.partial(
+            _lines, features, answers=answers, snapshot_version=snapshot_version, latency_us=latency_us,
+            served_at=served_at, model_set=model_set or {}, arm=arm, rollout_id=rollout_id,
+            failures=failures or [[] for _ in answers]))
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _lines(records: list[dict], dates: list[str], *, answers: list[dict], snapshot_version: str,
+           latency_us: float, served_at: dt.datetime, model_set: dict, arm: str, rollout_id: str | None,
+           failures: list[list[str]]) -> bytes:
+    stamp = _stamp(served_at)
     out = []
-    for record, day, answer in zip(records, dates, answers):
+    for record, day, answer, failed in zip(records, dates, answers, failures):
         out.append(orjson.dumps({
             "request_id": answer["request_id"], "key": answer["key"], "date": day,
             "score": answer["score"], "tier": answer["tier"], "model_name": answer["model_name"],
             "model_version": answer["model_version"], "snapshot_version": snapshot_version,
             "features_as_of": answer["features_as_of"], "latency_us": round(latency_us, 1),
             "served_at": stamp, "features": {k: _plain(v) for k, v in record.items()},
-            "model_set": model_set,
+            "model_set": model_set, "arm": arm, "rollout_id": rollout_id, "failures": list(failed),
         }) + b"\n")
     return b"".join(out)
+
+
+def shadow_lines(dates: list[str], *, rows: list[dict]) -> bytes:
+    """JSON lines of shadow scores (``SHADOW_COLUMNS``), each with its request's date."""
+    return b"".join(orjson.dumps({**row, "date": day}) + b"\n" for row, day in zip(rows, dates))
+
+
+def unanswered_lines(dates: list[str], *, keys: list, arms: list[str], rollout_id: str | None,
+                     failures: list[list[str]], latency_us: float, served_at: dt.datetime) -> bytes:
+    """JSON lines of the requests no tier could score (answered 503)."""
+    stamp = _stamp(served_at)
+    return b"".join(orjson.dumps({
+        "key": key, "date": day, "arm": arm, "rollout_id": rollout_id, "status": 503,
+        "failures": list(failed), "latency_us": round(latency_us, 1), "served_at": stamp,
+    }) + b"\n" for key, day, arm, failed in zip(keys, dates, arms, failures))
 
 
 def _plain(value: Any) -> Any:

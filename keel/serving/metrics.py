@@ -57,6 +57,19 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter", "Predictions answered but not logged because the log's queue was full."),
     "keel_bundle_reloads_total": ("counter", "Bundles (model set and snapshot) swapped in since the worker started."),
     "keel_metrics_workers": ("gauge", "Workers whose counts this answer adds up."),
+    "keel_rollout_answers_total": ("counter", "Predictions answered during a rollout, by arm (champion, canary)."),
+    "keel_canary_fallbacks_total": (
+        "counter", "Canary predictions no candidate tier could score, answered by the champion's chain."),
+    "keel_shadow_queue_depth": ("gauge", "Answered requests waiting for the shadow candidate."),
+    "keel_shadow_queue_capacity": ("gauge", "Answered requests the shadow queue holds at most."),
+    "keel_shadow_scored_total": ("counter", "Predictions the shadow candidate was asked for (scored or failed)."),
+    "keel_shadow_errors_total": (
+        "counter", "Shadow predictions where a candidate tier failed (exception, over budget, not a probability)."),
+    "keel_shadow_dropped_total": (
+        "counter", "Predictions never shadowed because the shadow queue was full."),
+    "keel_shadow_log_dropped_total": ("counter", "Shadow scores not logged because the shadow log's queue was full."),
+    "keel_unanswered_log_dropped_total": (
+        "counter", "Unscored requests (503) not logged because the unanswered log's queue was full."),
 }
 
 Labels = tuple[tuple[str, str], ...]

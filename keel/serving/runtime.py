@@ -9,6 +9,13 @@ one, the versions the committed set names, and swaps the reference in one assign
 promotion or rollback moves the aliases one write after another, but the committed set in
 one: a bundle is never loaded from a half-moved set.
 
+The same poll reads the rollout record (``keel.registry.rollout_record``): while a rollout is
+in ``shadow`` or ``canary`` the bundle also holds its candidate set. In ``canary`` each
+request's arm is ``keel.ml.assignment.arm_of(key, rollout id, share)`` and the canary's keys
+are answered by the candidate's tier chain (then by the champion's, when no candidate tier
+could score); in ``shadow`` the champion answers and the
+candidate scores off the response path (``keel.serving.shadow``).
+
 A second thread publishes the worker's metrics every ``keel.serving.metrics.SHARE_SECONDS``
 for ``GET /metrics`` to add up across workers.
 """
@@ -18,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import json
+import math
 import os
 import sys
 import threading
@@ -28,14 +37,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from keel.core import config, env
 from keel.core.settings import KeelPaths
 from keel.core.spec import UseCase
 from keel.registry.promotion import registered_names
+from keel.ml.assignment import CANARY, CHAMPION, arm_of
+from keel.registry.rollout_record import Rollout, active_rollout
 from keel.registry.tracking import open_registry
-from keel.serving.logs import PredictionLog
+from keel.serving.logs import JsonlLog, PredictionLog, unanswered_lines
+from keel.serving.shadow import ShadowScorer
 from keel.serving.events import EventContract, EventLog, typed_frame
 from keel.serving.feedback import FeedbackIntake
 from keel.serving.bundle import Bundle, ChainResult, committed_set, load_bundle, score_chain
@@ -56,6 +69,8 @@ class ServeOptions:
     max_batch: int = 1000
     log_queue: int = 10_000  # answered requests waiting for the prediction log's writer
     log_flush_seconds: float = 1.0
+    shadow_queue: int = 1000  # answered requests waiting for the shadow candidate
+    shadow_sample: float = 1.0  # the share of keys a shadow candidate scores
     # The serving process (uvicorn's main process): its workers add up their metrics together.
     server_id: str = ""
 
@@ -93,12 +108,19 @@ class ServingRuntime:
         self.live_as_of = ""
         self._events = threading.Lock()
         request_table = self.serving.request_table
-        self.predictions = PredictionLog(
-            self.paths.home / "serving" / "predictions",
-            lambda requests: usecase.row_date(request_table, pd.DataFrame(requests)),
-            capacity=options.log_queue, flush_seconds=options.log_flush_seconds,
-        )
+
+        def row_date(requests):
+            return usecase.row_date(request_table, pd.DataFrame(requests))
+
+        self.predictions = PredictionLog(self.paths.home / "serving" / "predictions", row_date,
+                                         capacity=options.log_queue, flush_seconds=options.log_flush_seconds)
+        self.unanswered = JsonlLog(self.paths.home / "serving" / "unanswered", row_date,
+                                   capacity=options.log_queue, flush_seconds=options.log_flush_seconds)
+        self.shadow_log = JsonlLog(self.paths.home / "serving" / "shadow", row_date,
+                                   capacity=options.log_queue, flush_seconds=options.log_flush_seconds)
         self.budgets = config.at(self.paths.home).serving.budgets()
+        self.shadow = ShadowScorer(self.shadow_log, self.budgets, capacity=options.shadow_queue,
+                                   sample=options.shadow_sample)
         # None: the use case takes no label feedback (ModelSpec.corrections_relation).
         self.feedback = (FeedbackIntake(self.paths, self.model, options.max_batch)
                          if self.model.corrections_relation is not None else None)
@@ -107,8 +129,80 @@ class ServingRuntime:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def score(self, bundle: Bundle, records: list[dict]) -> ChainResult:
-        chain = score_chain(bundle.tiers, records, self.budgets)
+    def arms(self, bundle: Bundle, keys: list) -> list[str]:
+        """Each request's arm: ``canary`` for the canary's keys while a canary runs."""
+        rollout = bundle.rollout
+        if rollout is None or rollout.stage != "canary" or not bundle.candidate:
+            return [CHAMPION] * len(keys)
+        return [arm_of(str(key), rollout.id, rollout.share) for key in keys]
+
+    def score_arms(self, bundle: Bundle, records: list[dict], arms: list[str]) -> ChainResult:
+        """The champion's chain for the champion's rows, the candidate's for the canary's,
+        merged back in request order. A canary row the candidate's whole chain fails on is
+        answered by the champion's chain, so a broken candidate never costs its share of
+        traffic a 503; its row keeps the candidate's failures, which count against the canary
+        (``keel.serving.evidence``)."""
+        if CANARY not in arms:
+            return self.score(bundle, records)
+        n = len(records)
+        merged = ChainResult(np.full(n, math.nan), [None] * n, [[] for _ in range(n)])
+
+        def take(rows: list[int], chain: ChainResult, before: list[list[str]] | None = None) -> None:
+            for j, i in enumerate(rows):
+                merged.scores[i], merged.tier[i] = chain.scores[j], chain.tier[j]
+                merged.failures[i] = [*(before[j] if before else []), *chain.failures[j]]
+            merged.calls += chain.calls
+            for reason, count in chain.skipped.items():
+                merged.skipped[reason] = merged.skipped.get(reason, 0) + count
+
+        champion_rows = [i for i, a in enumerate(arms) if a == CHAMPION]
+        canary_rows = [i for i, a in enumerate(arms) if a == CANARY]
+        if champion_rows:
+            take(champion_rows, self.score(bundle, [records[i] for i in champion_rows]))
+        candidate = self.score(bundle, [records[i] for i in canary_rows], bundle.candidate, count_unscored=False)
+        take(canary_rows, candidate)
+        failed = candidate.unscored()
+        if failed:
+            rows = [canary_rows[j] for j in failed]
+            self.metrics.inc("keel_canary_fallbacks_total", (), len(rows))
+            take(rows, self.score(bundle, [records[i] for i in rows]), [candidate.failures[j] for j in failed])
+        return merged
+
+    def record_answers(self, bundle: Bundle, records: list[dict], requests: list[dict], answers: list[dict],
+                       arms: list[str], chain: ChainResult, latency_us: float) -> None:
+        """Log the answers, by arm and by the set that answered, and offer them to the shadow
+        candidate (off the path)."""
+        rollout = bundle.rollout
+        rollout_id = None if rollout is None else rollout.id
+        failures = chain.failures
+        candidate = {id(tier) for tier in bundle.candidate}
+        sets = ["candidate" if id(tier) in candidate else "champion" for tier in chain.tier]
+        groups = sorted({(arm, which) for arm, which in zip(arms, sets)})
+        for arm, which in groups:
+            model_set = bundle.candidate_set if which == "candidate" else bundle.model_set
+            if len(groups) == 1:
+                part = (records, requests, answers, failures)
+            else:
+                rows = [i for i, key in enumerate(zip(arms, sets)) if key == (arm, which)]
+                part = tuple([seq[i] for i in rows] for seq in (records, requests, answers, failures))
+            self.predictions.submit(part[0], part[1], part[2], bundle.snapshot.version, latency_us, model_set,
+                                    arm=arm, rollout_id=rollout_id, failures=part[3])
+            if rollout is not None:
+                self.metrics.inc("keel_rollout_answers_total", (("arm", arm),), len(part[0]))
+        if rollout is not None and rollout.stage == "shadow" and bundle.candidate:
+            self.shadow.offer(bundle, records, requests, answers, latency_us)
+
+    def record_unanswered(self, bundle: Bundle, requests: list[dict], keys: list, arms: list[str],
+                          failures: list[list[str]], latency_us: float) -> None:
+        """Log a request no tier could score (its 503) against its arms."""
+        rollout = bundle.rollout
+        served_at = dt.datetime.now(dt.timezone.utc)
+        self.unanswered.submit_lines(requests, len(keys), functools.partial(
+            unanswered_lines, keys=keys, arms=arms, rollout_id=None if rollout is None else rollout.id,
+            failures=failures, latency_us=latency_us, served_at=served_at))
+
+    def score(self, bundle: Bundle, records: list[dict], tiers=None, count_unscored: bool = True) -> ChainResult:
+        chain = score_chain(bundle.tiers if tiers is None else tiers, records, self.budgets)
         metrics = self.metrics
         for tier, seconds in chain.calls:
             metrics.observe("keel_tier_duration_seconds", (("tier", tier),), seconds)
@@ -116,7 +210,8 @@ class ServingRuntime:
             metrics.inc("keel_tier_skipped_total", (("tier", tier), ("reason", reason)), rows)
         for tier in chain.tier:
             if tier is None:
-                metrics.inc("keel_unscored_total")
+                if count_unscored:
+                    metrics.inc("keel_unscored_total")
             else:
                 metrics.inc("keel_predictions_total", (("tier", tier.name),))
         return chain
@@ -133,6 +228,13 @@ class ServingRuntime:
             ["keel_prediction_log_written_total", [], log.written],
             ["keel_prediction_log_dropped_total", [], log.dropped],
             ["keel_bundle_reloads_total", [], self.reloads],
+            ["keel_shadow_queue_depth", [], self.shadow.depth],
+            ["keel_shadow_queue_capacity", [], self.shadow.capacity],
+            ["keel_shadow_scored_total", [], self.shadow.scored],
+            ["keel_shadow_errors_total", [], self.shadow.errors],
+            ["keel_shadow_dropped_total", [], self.shadow.dropped],
+            ["keel_shadow_log_dropped_total", [], self.shadow_log.dropped],
+            ["keel_unanswered_log_dropped_total", [], self.unanswered.dropped],
         ]
         return state
 
@@ -220,11 +322,17 @@ class ServingRuntime:
         sharing = threading.Thread(target=self._share_metrics, name="keel-metrics", daemon=True)
         sharing.start()
         self.predictions.start()
+        self.unanswered.start()
+        self.shadow_log.start()
+        self.shadow.start()
         try:
             yield
         finally:
             self._stop.set()
+            self.shadow.stop()
             self.predictions.stop()
+            self.unanswered.stop()
+            self.shadow_log.stop()
             thread.join(timeout=10)
             sharing.join(timeout=5)
             self.shared_metrics.withdraw()
@@ -250,9 +358,10 @@ class ServingRuntime:
         swapped. The set is read once and its versions loaded: whatever moves meanwhile is
         the next poll's."""
         chosen = committed_set(registry, self.names)
+        rollout = active_rollout(registry, self.names)
         snapshot = current_snapshot(self.snapshots)
         wanted = (tuple(sorted(chosen["versions"].items())), chosen["txn"],
-                  None if snapshot is None else snapshot.version)
+                  None if snapshot is None else snapshot.version, _rollout_identity(rollout))
         current = self.bundle
         if current is not None and current.wanted == wanted:
             return False
@@ -267,7 +376,7 @@ class ServingRuntime:
             for table, rows in self.applied[:replayed]:
                 self._apply(store, table, rows)
         bundle = load_bundle(registry, self.names, snapshot, self.serving, chosen=chosen, wanted=wanted,
-                             store=store)
+                             store=store, rollout=rollout, reuse=current)
         _warm_up(bundle)
         with self._events:
             if replayed is not None:
@@ -278,11 +387,18 @@ class ServingRuntime:
         return True
 
 
+def _rollout_identity(rollout: Rollout | None) -> tuple | None:
+    """What of the rollout a bundle depends on: a new stage or share is a new bundle."""
+    if rollout is None:
+        return None
+    return (rollout.id, rollout.stage, rollout.share, tuple(sorted(rollout.set.items())))
+
+
 def _warm_up(bundle: Bundle) -> None:
     """One call per tier on an all-missing row before the swap: a model's first call pays for
     its lazy set-up (milliseconds), which would otherwise count against the first request's
     budget."""
-    for tier in bundle.tiers:
+    for tier in (*bundle.tiers, *bundle.candidate):
         if tier.model is not None:
             try:
                 tier.model.predict_matrix(tier.model.row_matrix({}))

@@ -4,6 +4,10 @@
 the request id, the key and date columns of the deployment's ``ModelSpec``, score, tier and
 versions, latency, and the feature vector as served (JSON). Loading a day replaces that day.
 
+``serving.online_shadow_predictions`` holds, the same way, one row per score a rollout's shadow
+candidate logged (``serving/shadow/``): never an answer, always beside the champion's answer
+to the same request.
+
 ``served_skew`` compares each served feature vector with the feature mart's row for the same
 key, feature by feature: numbers within ``rel_tol`` (floating-point noise), everything else
 exactly, null equal to null. A served key the mart does not hold is reported as such.
@@ -63,6 +67,55 @@ def load_served(con: duckdb.DuckDBPyConnection, spec: ModelSpec, records: Sequen
         con, "serving.online_predictions",
         "request_id, key, day, score, tier, model_name, model_version, snapshot_version, features_as_of, "
         "latency_us, served_at, features",
+        frame, f"{ident(spec.date_column)} between ? and ?", [min(days), max(days)],
+    )
+
+
+def _shadow_ddl(spec: ModelSpec) -> list[str]:
+    return [
+        "create schema if not exists serving",
+        f"""create table if not exists serving.online_shadow_predictions (
+            request_id varchar, {ident(spec.key)} varchar, {ident(spec.date_column)} date, rollout_id varchar,
+            score double, tier varchar, model_name varchar, model_version integer, error boolean,
+            failures json, latency_us double, champion_score double, champion_tier varchar,
+            champion_latency_us double, served_at timestamp, scored_at timestamp)""",
+    ]
+
+
+def load_shadow(con: duckdb.DuckDBPyConnection, spec: ModelSpec, records: Sequence[dict[str, Any]],
+                days: Sequence[dt.date]) -> int:
+    """Replace ``days`` of serving.online_shadow_predictions with the shadow log's ``records``
+    of those days; returns the rows written."""
+    for statement in _shadow_ddl(spec):
+        con.execute(statement)
+    wanted = {d.isoformat() for d in days}
+    rows = [r for r in records if r["date"] in wanted]
+
+    def moments(field: str) -> pd.Series:
+        return pd.to_datetime(pd.Series([r[field] for r in rows], dtype=object), utc=True).dt.tz_convert(None)
+
+    frame = pd.DataFrame({
+        "request_id": [r["request_id"] for r in rows],
+        "key": [r["key"] for r in rows],
+        "day": pd.to_datetime(pd.Series([r["date"] for r in rows], dtype=object)).dt.date,
+        "rollout_id": [r["rollout_id"] for r in rows],
+        "score": np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=np.float64),
+        "tier": [r["tier"] for r in rows],
+        "model_name": [r["model_name"] for r in rows],
+        "model_version": pd.array([r["model_version"] for r in rows], dtype="Int32"),
+        "error": [bool(r["error"]) for r in rows],
+        "failures": [json.dumps(r["failures"]) for r in rows],
+        "latency_us": np.array([r["latency_us"] for r in rows], dtype=np.float64),
+        "champion_score": np.array([r["champion_score"] for r in rows], dtype=np.float64),
+        "champion_tier": [r["champion_tier"] for r in rows],
+        "champion_latency_us": np.array([r["champion_latency_us"] for r in rows], dtype=np.float64),
+        "served_at": moments("served_at"),
+        "scored_at": moments("scored_at"),
+    })
+    return replace_rows(
+        con, "serving.online_shadow_predictions",
+        "request_id, key, day, rollout_id, score, tier, model_name, model_version, error, failures, latency_us, "
+        "champion_score, champion_tier, champion_latency_us, served_at, scored_at",
         frame, f"{ident(spec.date_column)} between ? and ?", [min(days), max(days)],
     )
 
