@@ -19,7 +19,7 @@ from assets.features import FEATURES_KEY
 from assets.training import GROUP, model_spec
 from keel.ml.datasets import feature_rows
 from keel.registry.model_set import champion_loader
-from keel.registry.rollout_record import active_rollout, candidate_loader
+from keel.registry.rollout import active_rollout, candidate_loader
 from keel.registry.promotion import registered_names
 from keel.ml.predictions import write_predictions, write_shadow_predictions
 from keel.ml.scoring import TIERS, load_tiers, score_days, shadow_scores, write_degraded_days

@@ -9,8 +9,9 @@ transition is a decision recorded with its evidence (``keel.registry.rollout``);
 registry holds decisions this sensor has not handed on, it requests ``rollout/decisions``
 (run key: the last decision's id), which copies them into the warehouse and lists them.
 
-The evidence provider and the clock are arguments of :func:`build_rollout_sensor`, so that a
-replay's clock and tests' constructed evidence drive the same code.
+The evidence comes from the real-time API's logs (:func:`serving_evidence`); the evidence
+provider and the clock are arguments of :func:`build_rollout_sensor`, so that a replay's clock
+and tests' constructed evidence drive the same code.
 """
 
 from __future__ import annotations
@@ -20,31 +21,49 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
+from mlflow.exceptions import MlflowException
 
 from keel.core.lock import HomeBusy, hold
 from keel.registry import rollout
+from keel.monitoring.reference import operating_threshold
+from keel.registry.model_set import champion_version
 from keel.registry.promotion import registered_names
 from keel.registry.rollout import Rollout
 from keel.rollout.guardrails import ErrorTest, decide
+from keel.registry.tracking import registry_or_none
 from keel.rollout.sequential import error_rate_breach
+from keel.serving.evidence import arm_evidence
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
 from sensors.jobs import record_rollout_decisions_job
 
 EvidenceProvider = Callable[[KeelState, Rollout, dt.datetime], Mapping[str, Any] | None]
 ACTOR = "keel rollout sensor"
+DEFAULT_THRESHOLD = 0.5
 
 
-def no_evidence(keel: KeelState, current: Rollout, now: dt.datetime) -> None:
-    """Until serving logs each arm (``arm_evidence``), there is nothing to judge: hold."""
-    return None
+def serving_evidence(keel: KeelState, current: Rollout, now: dt.datetime) -> Mapping[str, Any] | None:
+    """Each arm's requests, errors, latency p99 and positive rate in the API's logs since the
+    rollout's stage began (``keel.serving.evidence.arm_evidence``), the positive rate at the
+    champion's operating threshold (0.5 for a version whose run logged none); None while
+    there is no champion to compare with."""
+    registry = registry_or_none(keel.deployment.tracking)
+    names = registered_names(keel.usecase.name)
+    champion = None if registry is None else champion_version(registry, names)
+    if champion is None:
+        return None
+    try:
+        threshold, _ = operating_threshold(registry, names["primary"], champion)
+    except (LookupError, MlflowException):  # a version registered without its evaluation run
+        threshold = DEFAULT_THRESHOLD
+    return arm_evidence(keel.paths, current.id, current.since(), threshold=threshold)
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def build_rollout_sensor(evidence: EvidenceProvider = no_evidence, clock: Callable[[], dt.datetime] = _utcnow,
+def build_rollout_sensor(evidence: EvidenceProvider = serving_evidence, clock: Callable[[], dt.datetime] = _utcnow,
                          error_test: ErrorTest = error_rate_breach, name: str = "rollout_sensor") -> dg.SensorDefinition:
     @dg.sensor(
         name=name,

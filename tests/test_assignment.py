@@ -63,7 +63,7 @@ def test_the_observed_canary_share_is_within_binomial_bounds_of_the_configured_o
 
 
 def test_the_rollout_record_reads_back_what_was_written_and_only_shadow_and_canary_are_active():
-    from keel.registry.rollout_record import Rollout
+    from keel.registry.rollout import Rollout
 
     doc = {"id": "0123456789ab", "set": {"primary": 7, "fallback": 7, "baseline": 7}, "stage": "canary",
            "share": 0.05, "step": 0, "started_at": "2026-12-02T18:00:00+00:00",

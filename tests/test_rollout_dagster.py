@@ -147,3 +147,40 @@ def test_the_sensor_aborts_a_canary_at_twice_the_champions_error_rate_and_record
         "abort", "keel rollout sensor", "canary", "aborted")
     assert last["reason"].startswith("canary breached error_rate")
     assert last["evidence"]["guardrails"]["error_rate"]["evidence"]["rate_canary"] == pytest.approx(0.02)
+
+
+def test_the_real_sensor_reads_each_arms_evidence_from_the_api_logs_and_aborts_a_failing_canary(home):
+    from keel.serving.logs import PredictionLog
+
+    instance = dg.DagsterInstance.ephemeral()
+    registry = registry_of(home)
+    rollout.start(registry, NAMES, 2, actor="alice", reason="gates passed", at=T0)
+    canary = rollout.advance(registry, NAMES, config.current().rollout, actor="alice", reason="baked",
+                             at=T0 + dt.timedelta(hours=48))
+    log = PredictionLog(home.home / "serving" / "predictions", lambda requests: ["2013-02-04"] * len(requests),
+                        flush_seconds=0.01)
+    log.start()
+    failing = {i for i in range(300) if i % 10 == 0}  # 30 of the canary's 300 answers failed
+    for arm in ("champion", "canary"):
+        for i in range(300):
+            answer = {"request_id": f"{arm}-{i}", "key": f"{arm}-{i}", "score": 0.1 + (i % 7) / 10, "tier": "primary",
+                      "model_name": NAMES["primary"], "model_version": 2 if arm == "canary" else 1,
+                      "features_as_of": ""}
+            failures = [["primary v2: ValueError: boom"]] if arm == "canary" and i in failing else [[]]
+            log.submit([{"x": 1}], [{}], [answer], "set", 800.0, {}, arm=arm, rollout_id=canary.id,
+                       failures=failures)
+    log.stop()
+
+    sensor = build_rollout_sensor(clock=lambda: T0 + dt.timedelta(hours=49), name="rollout_live")
+    with dg.build_sensor_context(cursor=None, resources=RESOURCES, instance=instance) as context:
+        result = sensor(context)
+
+    assert len(result.run_requests) == 1
+    assert rollout.last_rollout(registry, NAMES).stage == "aborted"
+    assert model_set.champion_set(registry, NAMES).primary == 1
+    last = rollout.decisions(registry, NAMES)[-1]
+    assert (last.action, last.actor, last.to_stage) == ("abort", "keel rollout sensor", "aborted")
+    seen = last.evidence["arms"]
+    assert (seen["canary"]["requests"], seen["canary"]["errors"]) == (300, len(failing))
+    assert (seen["champion"]["requests"], seen["champion"]["errors"]) == (300, 0)
+    assert last.evidence["guardrails"]["error_rate"]["breached"] is True

@@ -25,7 +25,7 @@ from conftest import registry as open_home_registry
 from conftest import score as score_days_job
 
 from keel.registry.promotion import registered_names
-from keel.registry.rollout_record import ROLLOUT_TAG
+from keel.registry.rollout import ROLLOUT_TAG
 
 pytestmark = pytest.mark.slow
 

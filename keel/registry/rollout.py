@@ -134,6 +134,20 @@ def active_rollout(registry: ModuleType, names: Mapping[str, str]) -> Rollout | 
     return rollout if rollout is not None and rollout.active else None
 
 
+def candidate_loader(registry: ModuleType, names: Mapping[str, str], rollout: Rollout):
+    """``load(registered name) -> (version, model)`` of the rollout's candidate set, for
+    ``keel.ml.scoring.load_tiers`` (serving and batch scoring load the candidate with it)."""
+    kinds = {name: kind for kind, name in names.items()}
+
+    def load(name: str):
+        version = rollout.set.get(kinds[name])
+        if version is None:
+            raise LookupError(f"{name} is not in the candidate set of rollout {rollout.id}")
+        return version, registry.load(name, version)
+
+    return load
+
+
 def decisions(registry: ModuleType, names: Mapping[str, str], rollout_id: str | None = None) -> list[DecisionRecord]:
     """Every recorded decision (of one rollout, given its id), oldest first."""
     return _decisions(_tags(registry, names["primary"]) or {}, rollout_id)

@@ -14,7 +14,7 @@ that request to the next tier, and so does a tier that took longer than its time
 The model set is the registry's committed champion set (``keel.registry.model_set``), read in
 one registry call: never the aliases, which a promotion moves one after another.
 
-During a rollout (``keel.registry.rollout_record``: stage ``shadow`` or ``canary``) the bundle
+During a rollout (``keel.registry.rollout``: stage ``shadow`` or ``canary``) the bundle
 also holds the candidate set's tier chain and the rollout itself, loaded and swapped with the
 champion's: a request reads one bundle and so one rollout, one share, one pair of sets.
 """
@@ -34,7 +34,7 @@ import numpy as np
 from keel.core.spec import ServingSpec
 from keel.ml.scoring import Tier, load_tiers
 from keel.registry.model_set import champion_set
-from keel.registry.rollout_record import Rollout
+from keel.registry.rollout import Rollout
 from keel.serving.snapshot import Snapshot
 
 

@@ -8,7 +8,7 @@ most the last flush interval. When the queue is full the request is still answer
 what could not be queued is counted (``dropped``), never silently lost: ``/readyz`` and
 ``/v1/models`` report the count and the queue's depth.
 
-During a rollout (``keel.registry.rollout_record``) each row also says which ``arm`` answered
+During a rollout (``keel.registry.rollout``) each row also says which ``arm`` answered
 (``champion`` or ``canary``) and the ``rollout_id``; ``failures`` lists, for every row, why
 each tier before the one that answered did not (empty when the first tier answered), so
 that errors hidden by a fallback still count against the arm. Two more logs use the same

@@ -9,7 +9,7 @@ one, the versions the committed set names, and swaps the reference in one assign
 promotion or rollback moves the aliases one write after another, but the committed set in
 one: a bundle is never loaded from a half-moved set.
 
-The same poll reads the rollout record (``keel.registry.rollout_record``): while a rollout is
+The same poll reads the rollout record (``keel.registry.rollout``): while a rollout is
 in ``shadow`` or ``canary`` the bundle also holds its candidate set. In ``canary`` each
 request's arm is ``keel.ml.assignment.arm_of(key, rollout id, share)`` and the canary's keys
 are answered by the candidate's tier chain (then by the champion's, when no candidate tier
@@ -45,7 +45,7 @@ from keel.core.settings import KeelPaths
 from keel.core.spec import UseCase
 from keel.registry.promotion import registered_names
 from keel.ml.assignment import CANARY, CHAMPION, arm_of
-from keel.registry.rollout_record import Rollout, active_rollout
+from keel.registry.rollout import Rollout, active_rollout
 from keel.registry.tracking import open_registry
 from keel.serving.logs import JsonlLog, PredictionLog, unanswered_lines
 from keel.serving.shadow import ShadowScorer
