@@ -2,7 +2,7 @@
 
 The arm of a key is a function of the key and the rollout's id alone (the contract of issue
 14, section 2): the first eight bytes of ``sha256(rollout_id \\x1f key)`` as a number in
-[0, 1), canary below the share. So a flight gets the same arm in the API and in batch
+[0, 1), canary below the share. So an entity (a key) gets the same arm in the API and in batch
 scoring, in any process on any machine (Python's ``hash()`` is salted per process and is
 never used), and the assignment is monotone in the share: a key that is canary at 5 % is
 still canary at 25 %, so raising the share only moves champion keys to the canary.

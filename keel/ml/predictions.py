@@ -103,7 +103,7 @@ def labelled_predictions(con: duckdb.DuckDBPyConnection, spec: ModelSpec, first:
 
 # ``serving.shadow_predictions``: during a rollout, the candidate set's score of every row batch
 # scoring scored, beside the champion's, with the row's arm (``keel.ml.assignment``: the same
-# hash the API assigns by, so a flight has one arm online and in batch) and the rollout.
+# hash the API assigns by, so a key has one arm online and in batch) and the rollout.
 SHADOW_FIELDS = ("rollout_id", "stage", "arm", "score", "tier", "model_name", "model_version",
                  "champion_score", "champion_tier", "champion_model_version", "scored_at")
 

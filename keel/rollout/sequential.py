@@ -29,7 +29,7 @@ composite null. Inverting the two-sided test gives the confidence sequence
 ``theta_hat +/- sqrt(V (V + tau^2) / tau^2 * (2 log(1/alpha) + log((V + tau^2) / V)))``, which
 covers the true difference at every look at once with probability at least 1 - alpha.
 
-Assumptions: observations are independent (a flight is one row; the assignment hash makes the
+Assumptions: observations are independent (an entity is one row; the assignment hash makes the
 arms random samples of the traffic); each arm's share of traffic is constant over the looks
 being combined (so evidence is counted since the current stage began; the share changes between
 stages); the arms' means are close enough to normal at the sample sizes where a decision is

@@ -9,7 +9,7 @@ candidate and nothing the candidate does reaches the client: its exceptions are 
 the worker, a request the queue cannot take is counted (``dropped``) and never scored.
 
 A configured sample (``ServeOptions.shadow_sample``) scores that share of the keys, chosen
-by the rollout's own hash (``keel.ml.assignment``), so the same flights are shadowed in
+by the rollout's own hash (``keel.ml.assignment``), so the same keys are shadowed in
 every worker and every run.
 """
 
