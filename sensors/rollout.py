@@ -9,7 +9,11 @@ transition is a decision recorded with its evidence (``keel.registry.rollout``);
 registry holds decisions this sensor has not handed on, it requests ``rollout/decisions``
 (run key: the last decision's id), which copies them into the warehouse and lists them.
 
-The evidence comes from the real-time API's logs (:func:`serving_evidence`); the evidence
+The evidence comes from the real-time API's logs (:func:`serving_evidence`): each arm's counts
+and, under the key ``"quality"``, each arm's scores on keys whose labels have matured in the
+warehouse (``keel.serving.quality_evidence.matured_scores``), which ``decide`` compares with
+the always-valid quality test (a canary found worse is rolled back). A provider that returns no
+``"quality"`` key leaves quality unjudged. The evidence
 provider and the clock are arguments of :func:`build_rollout_sensor`, so that a replay's clock
 and tests' constructed evidence drive the same code.
 """
@@ -24,6 +28,7 @@ import dagster as dg
 from mlflow.exceptions import MlflowException
 
 from keel.core.lock import HomeBusy, hold
+from keel.core.warehouse import WarehouseBusy
 from keel.registry import rollout
 from keel.monitoring.reference import operating_threshold
 from keel.registry.model_set import champion_version
@@ -33,6 +38,7 @@ from keel.rollout.guardrails import ErrorTest, decide
 from keel.registry.tracking import registry_or_none
 from keel.rollout.sequential import error_rate_breach
 from keel.serving.evidence import arm_evidence
+from keel.serving.quality_evidence import matured_scores
 from resources.keel_state import KeelState
 from resources.mlflow import MlflowRegistry
 from sensors.jobs import record_rollout_decisions_job
@@ -40,13 +46,16 @@ from sensors.jobs import record_rollout_decisions_job
 EvidenceProvider = Callable[[KeelState, Rollout, dt.datetime], Mapping[str, Any] | None]
 ACTOR = "keel rollout sensor"
 DEFAULT_THRESHOLD = 0.5
+QUALITY = "quality"  # the key of an evidence provider's answer that holds the matured labels per arm
 
 
 def serving_evidence(keel: KeelState, current: Rollout, now: dt.datetime) -> Mapping[str, Any] | None:
     """Each arm's requests, errors, latency p99 and positive rate in the API's logs since the
     rollout's stage began (``keel.serving.evidence.arm_evidence``), the positive rate at the
-    champion's operating threshold (0.5 for a version whose run logged none); None while
-    there is no champion to compare with."""
+    champion's operating threshold (0.5 for a version whose run logged none), and under
+    ``"quality"`` each arm's scores and labels on the keys it served whose labels had matured
+    by ``now`` (``keel.serving.quality_evidence.matured_scores``; absent for a use case
+    without a model spec); None while there is no champion to compare with."""
     registry = registry_or_none(keel.deployment.tracking)
     names = registered_names(keel.usecase.name)
     champion = None if registry is None else champion_version(registry, names)
@@ -56,7 +65,21 @@ def serving_evidence(keel: KeelState, current: Rollout, now: dt.datetime) -> Map
         threshold, _ = operating_threshold(registry, names["primary"], champion)
     except (LookupError, MlflowException):  # a version registered without its evaluation run
         threshold = DEFAULT_THRESHOLD
-    return arm_evidence(keel.paths, current.id, current.since(), threshold=threshold)
+    found: dict[str, Any] = dict(arm_evidence(keel.paths, current.id, current.since(), threshold=threshold))
+    spec = keel.usecase.model
+    if spec is not None:
+        try:
+            found[QUALITY] = matured_scores(keel.paths, spec, current.id, current.since(), as_of=now)
+        except WarehouseBusy:  # a writer kept the warehouse: quality is judged next tick, the rest now
+            pass
+    return found
+
+
+def split_evidence(found: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """A provider's answer as ``(arm counts, matured labels per arm)``."""
+    if found is None:
+        return None, None
+    return {arm: counts for arm, counts in found.items() if arm != QUALITY}, found.get(QUALITY)
 
 
 def _utcnow() -> dt.datetime:
@@ -84,8 +107,9 @@ def build_rollout_sensor(evidence: EvidenceProvider = serving_evidence, clock: C
                 current = rollout.active_rollout(registry, names)
                 if current is not None:
                     now = clock()
-                    decision = decide(current, keel.deployment.rollout, evidence(keel, current, now), now,
-                                      error_test=error_test)
+                    counts, matured = split_evidence(evidence(keel, current, now))
+                    decision = decide(current, keel.deployment.rollout, counts, now,
+                                      error_test=error_test, quality_evidence=matured)
                     said = f"rollout {current.id} of v{current.primary} ({current.stage}): {decision.action}: {decision.reason}"
                     context.log.info(said)
                     if decision.action == "advance":

@@ -13,6 +13,15 @@ The error-rate guardrail is a plug (``error_test``): by default
 rate is above ``error_rate_factor`` times the champion's" that stays valid however often the
 sensor reads it, once the candidate has ``min_errors`` errors. :func:`ratio_breach`, the plain
 comparison of the two rates, takes its place with the same arguments where a caller wants it.
+
+Quality on matured labels is judged when the caller gives ``quality_evidence`` (per arm, the
+``scores`` it served on keys whose labels have matured and those ``labels``, as
+``keel.serving.quality_evidence.matured_scores`` returns them): ``quality_test`` (by default
+``keel.rollout.sequential.quality``, the always-valid comparison of the two arms' mean log
+loss) saying the candidate is "worse" aborts with the reason "<arm> breached quality" and the
+verdict's evidence; "better" or "undecided" (too few matured labels, or no difference found
+yet) never blocks, and advancing still needs the baking and the traffic. Without quality
+evidence the guardrail is recorded as not judged.
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from keel.core.plain import json_ready
 from keel.core.policies import RolloutPolicy
 from keel.registry.rollout import Rollout
-from keel.rollout.sequential import error_rate_breach
+from keel.rollout.sequential import error_rate_breach, quality
 
 ACTIONS = ("advance", "abort", "hold")
 
@@ -60,11 +70,14 @@ def ratio_breach(canary_errors: int, canary_n: int, champion_errors: int, champi
 
 
 ErrorTest = Callable[..., Any]
+QualityTest = Callable[..., Any]
 
 
 def decide(rollout: Rollout, policy: RolloutPolicy, evidence: Mapping[str, Any] | None, now: dt.datetime,
-           *, error_test: ErrorTest = error_rate_breach) -> Decision:
-    """Advance, abort or hold ``rollout`` at ``now`` on ``evidence`` ({arm: counts})."""
+           *, error_test: ErrorTest = error_rate_breach, quality_evidence: Mapping[str, Any] | None = None,
+           quality_test: QualityTest = quality) -> Decision:
+    """Advance, abort or hold ``rollout`` at ``now`` on ``evidence`` ({arm: counts}) and, when
+    given, ``quality_evidence`` ({arm: {"scores", "labels"}} on matured labels)."""
     if not rollout.active:
         return Decision("hold", f"rollout {rollout.id} is {rollout.stage}: nothing to decide")
     arm = "shadow" if rollout.stage == "shadow" else "canary"
@@ -76,6 +89,7 @@ def decide(rollout: Rollout, policy: RolloutPolicy, evidence: Mapping[str, Any] 
     if not ours or not theirs:
         return Decision("hold", f"no evidence yet for the {arm} and the champion arms", base)
     verdicts = _guardrails(ours, theirs, policy, error_test)
+    verdicts["quality"] = _quality(arm, quality_evidence, policy, quality_test)
     base["guardrails"] = verdicts
     breached = [name for name, v in verdicts.items() if v["breached"]]
     if breached:
@@ -119,6 +133,18 @@ def _guardrails(ours: Mapping[str, Any], theirs: Mapping[str, Any], policy: Roll
         out["positive_rate"] = {"breached": False, "reason": f"positive rate not judged below {policy.min_requests} "
                                                              "requests per arm or without a value"}
     return out
+
+
+def _quality(arm: str, matured: Mapping[str, Any] | None, policy: RolloutPolicy,
+             quality_test: QualityTest) -> dict[str, Any]:
+    ours, theirs = (matured or {}).get(arm), (matured or {}).get("champion")
+    if not ours or not theirs:
+        return {"breached": False, "decision": "undecided", "reason": "quality not judged: no matured labels given"}
+    verdict = quality_test(ours["scores"], ours["labels"], theirs["scores"], theirs["labels"], alpha=policy.alpha)
+    counts = {name: {"served": int(side.get("served", len(side["scores"]))), "labelled": len(side["scores"])}
+              for name, side in ((arm, ours), ("champion", theirs))}
+    return {"breached": verdict.decision == "worse", "decision": verdict.decision, "reason": verdict.reason,
+            "p_value": verdict.p_value, "evidence": json_ready({**dict(verdict.evidence), "labels": counts})}
 
 
 def _plain_arms(evidence: Mapping[str, Any] | None) -> dict[str, Any]:
