@@ -18,10 +18,11 @@ The sequential test (``keel.rollout.sequential.quality``) takes rows as independ
 asked several times counts once per arm, at the score that arm served it last. Returns, for
 each of ``champion``, ``canary`` and ``shadow``::
 
-    {"scores": [float], "labels": [0/1], "served": int, "labelled": int}
+    {"keys": [str], "scores": [float], "labels": [0/1], "served": int, "labelled": int}
 
+``keys`` are the matured keys (sorted as text), ``scores`` and ``labels`` in their order;
 ``served`` counts the distinct keys the arm scored, ``labelled`` those with a matured label
-(the length of ``scores`` and ``labels``).
+(the length of ``keys``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,6 @@ def matured_scores(paths, spec: ModelSpec, rollout_id: str, since: dt.datetime, 
     out = {}
     for arm in ARMS:
         keys = sorted(key for key in served[arm] if key in labels)
-        out[arm] = {"scores": [served[arm][key] for key in keys], "labels": [labels[key] for key in keys],
+        out[arm] = {"keys": keys, "scores": [served[arm][key] for key in keys], "labels": [labels[key] for key in keys],
                     "served": len(served[arm]), "labelled": len(keys)}
     return out
