@@ -1,5 +1,6 @@
 """The staged rollout in Dagster: the staged policy sends a gated challenger to shadow, the
-rollout sensor advances or aborts on constructed evidence, and rollout/decisions records each
+rollout sensor advances or aborts on constructed evidence and on the API's logs with the
+warehouse's matured labels, and rollout/decisions records each
 decision once, in audit.rollout_decisions and in its materializations."""
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ import json
 import shutil
 
 import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
 import pytest
+from scipy.special import expit, logit
+from sklearn.metrics import log_loss
 
 from conftest import query, use_registry_home
 from keel.core import config
 from keel.registry import model_set, rollout
 from keel.registry.promotion import registered_names
 from keel.registry.tracking import open_registry
+from keel.serving.logs import PredictionLog
 from assets.evaluation import champion
 from assets.rollout import rollout_decisions
 from resources.keel_state import KeelState
@@ -150,8 +157,6 @@ def test_the_sensor_aborts_a_canary_at_twice_the_champions_error_rate_and_record
 
 
 def test_the_real_sensor_reads_each_arms_evidence_from_the_api_logs_and_aborts_a_failing_canary(home):
-    from keel.serving.logs import PredictionLog
-
     instance = dg.DagsterInstance.ephemeral()
     registry = registry_of(home)
     rollout.start(registry, NAMES, 2, actor="alice", reason="gates passed", at=T0)
@@ -184,3 +189,53 @@ def test_the_real_sensor_reads_each_arms_evidence_from_the_api_logs_and_aborts_a
     assert (seen["canary"]["requests"], seen["canary"]["errors"]) == (300, len(failing))
     assert (seen["champion"]["requests"], seen["champion"]["errors"]) == (300, 0)
     assert last.evidence["guardrails"]["error_rate"]["breached"] is True
+
+
+def test_the_real_sensor_rolls_back_a_canary_worse_on_matured_labels_and_records_the_loss_difference(home):
+    instance = dg.DagsterInstance.ephemeral()
+    registry = registry_of(home)
+    spec = config.current().usecase.model
+    rollout.start(registry, NAMES, 2, actor="alice", reason="gates passed", at=T0)
+    canary = rollout.advance(registry, NAMES, config.current().rollout, actor="alice", reason="baked",
+                             at=T0 + dt.timedelta(hours=48))
+    # Pairs of keys share a true probability; the canary's scores are overconfident (the same
+    # side of 0.5, so the same decisions and no error): only its log loss is worse.
+    rng = np.random.default_rng(5)
+    p = np.repeat(rng.uniform(0.05, 0.95, 1000), 2)
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    known = rng.uniform(size=p.size) >= 0.3  # the rest have not matured: their label is null
+    arm = np.where(np.arange(p.size) % 2 == 0, "canary", "champion")
+    score = np.where(arm == "canary", expit(5 * logit(p)), p)
+    con = duckdb.connect(str(home.warehouse))
+    schema, table = spec.labels_relation.split(".")
+    frame = pd.DataFrame({"key": [f"f{i}" for i in range(p.size)], "label": pd.Series(y, dtype="Int64").where(known),
+                          "resolved": pd.Timestamp("2013-02-05 12:00")})
+    con.register("frame", frame)
+    con.execute(f"create schema {schema}")
+    con.execute(f"create table {schema}.{table} as select key as {spec.key}, label as {spec.label}, "
+                f"resolved as {spec.label_resolved_column} from frame")
+    con.close()
+    log = PredictionLog(home.home / "serving" / "predictions", lambda requests: ["2013-02-05"] * len(requests),
+                        flush_seconds=0.01)
+    log.start()
+    for i in range(p.size):
+        answer = {"request_id": f"r{i}", "key": f"f{i}", "score": float(score[i]), "tier": "primary",
+                  "model_name": NAMES["primary"], "model_version": 2 if arm[i] == "canary" else 1, "features_as_of": ""}
+        log.submit([{"x": 1}], [{}], [answer], "set", 800.0, {}, arm=str(arm[i]), rollout_id=canary.id)
+    log.stop()
+
+    sensor = build_rollout_sensor(clock=lambda: T0 + dt.timedelta(hours=49), name="rollout_quality")
+    with dg.build_sensor_context(cursor=None, resources=RESOURCES, instance=instance) as context:
+        result = sensor(context)
+
+    assert len(result.run_requests) == 1
+    assert rollout.last_rollout(registry, NAMES).stage == "aborted"
+    assert model_set.champion_set(registry, NAMES).primary == 1
+    last = rollout.decisions(registry, NAMES)[-1]
+    assert last.reason.startswith("canary breached quality: canary worse")
+    guardrails = last.evidence["guardrails"]
+    assert [name for name, verdict in guardrails.items() if verdict["breached"]] == ["quality"]
+    c, h = (arm == "canary") & known, (arm == "champion") & known
+    quality = guardrails["quality"]["evidence"]
+    assert (quality["canary_n"], quality["champion_n"]) == (int(c.sum()), int(h.sum()))
+    assert quality["statistic"] == pytest.approx(log_loss(y[c], score[c]) - log_loss(y[h], score[h]))
