@@ -166,3 +166,28 @@ def test_unmatured_predictions_are_not_counted_and_without_labels_quality_does_n
     assert caught["canary"]["labelled"] == int(((arms == "canary") & known).sum())
     assert decide(canary_rollout(), POLICY, counts(), T0 + dt.timedelta(hours=24),
                   quality_evidence=caught).action == "abort"
+
+
+def test_a_label_correction_in_effect_is_the_label_counted_as_served_outcomes_counts_it(tmp_path, spec):
+    # k0 upstream 0, corrected to 1; k1 unknown upstream, labelled 1 by a person; k2 upstream 1,
+    # its correction withdrawn before the latest feedback; k3 upstream 0, resolved after the clock.
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    schema, table = spec.labels_relation.split(".")
+    con.execute(f"create schema {schema}")
+    con.execute(f"create table {schema}.{table} ({spec.key} varchar, {spec.label} integer, "
+                f"{spec.label_resolved_column} timestamp)")
+    before, after = AS_OF - dt.timedelta(hours=5), AS_OF + dt.timedelta(hours=5)
+    con.execute(f"insert into {schema}.{table} values ('k0', 0, ?), ('k1', null, null), ('k2', 1, ?), ('k3', 0, ?)",
+                [before, before, after])
+    fix_schema, fix_table = spec.corrections_relation.split(".")
+    con.execute(f"create table {fix_schema}.{fix_table} ({spec.key} varchar, {spec.label} integer, "
+                "feedback_id varchar, valid_from timestamp, valid_to timestamp)")
+    con.execute(f"insert into {fix_schema}.{fix_table} values ('k0', 1, 'fb0', ?, null), ('k1', 1, 'fb1', ?, null), "
+                "('k2', 0, 'fb2', ?, ?)", [before, before, before - dt.timedelta(hours=2), before - dt.timedelta(hours=1)])
+    con.close()
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    write_log(tmp_path, [0.9, 0.8, 0.7, 0.6], ["canary"] * 4, "q1w2e3r4t5y6")
+
+    matured = matured_scores(tmp_path, spec, "q1w2e3r4t5y6", since, as_of=AS_OF)["canary"]
+    assert dict(zip(matured["keys"], matured["labels"])) == {"k0": 1, "k1": 1, "k2": 1}
+    assert (matured["served"], matured["labelled"]) == (4, 3)

@@ -11,8 +11,8 @@ label corrections in effect applied exactly as ``monitoring/served_outcomes`` an
 read them (``keel.ml.datasets.labels_sql``), over a read-only connection
 (``keel.core.warehouse.connect_for_reading``). A key whose label is null or absent has not
 matured and is not counted; with ``as_of`` and a ``label_resolved_column`` in the spec, neither
-is a label resolved after ``as_of`` (a replay's clock may stand before labels the warehouse
-already holds).
+is an upstream label resolved after ``as_of`` (a replay's clock may stand before labels the
+warehouse already holds). A label set by a correction in effect counts whatever ``as_of``.
 
 The sequential test (``keel.rollout.sequential.quality``) takes rows as independent: a key
 asked several times counts once per arm, at the score that arm served it last. Returns, for
@@ -73,9 +73,10 @@ def matured_labels(con, spec: ModelSpec, keys: list[str], *, as_of: dt.datetime 
     where = f"labels.{label} is not null and list_contains(cast(? as varchar[]), cast(labels.{key} as varchar))"
     extra: list[Any] = [sorted(set(keys))]
     if resolved_column:
-        # A corrected label is known from its correction on; an upstream one from its resolution.
-        where += (f" and coalesce(labels.corrected_at, cast(labels.{ident(resolved_column)} as timestamp))"
-                  " <= cast(? as timestamp)")
+        # A label corrected by feedback is known (the feedback is in the warehouse); an
+        # upstream one once it resolved.
+        where += (f" and (labels.corrected_at is not null or cast(labels.{ident(resolved_column)} as timestamp)"
+                  " <= cast(? as timestamp))")
         moment = as_of if as_of.tzinfo is None else as_of.astimezone(dt.timezone.utc).replace(tzinfo=None)
         extra.append(moment)
     rows = con.execute(f"select cast(labels.{key} as varchar), cast(labels.{label} as integer) "
