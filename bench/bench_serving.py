@@ -201,13 +201,14 @@ def in_process_floors(home: Path, requests: list[dict], repeats: int = 2000) -> 
 
     import pandas as pd
 
-    from keel.core.settings import KeelPaths, load_usecase
+    from keel.core.config import at
     from keel.registry.promotion import registered_names
-    from keel.registry.tracking import location, open_registry
+    from keel.registry.tracking import open_registry
     from keel.serving.snapshot import current_snapshot, snapshots_root
 
-    usecase = load_usecase()
-    registry = open_registry(location(KeelPaths(home)))
+    deployment = at(home)
+    usecase = deployment.usecase
+    registry = open_registry(deployment.tracking)
     name = registered_names(usecase.name)["primary"]
     model = registry.load(name, registry.CHAMPION)
     store = usecase.serving.load_store(current_snapshot(snapshots_root(home)).path)
